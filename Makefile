@@ -1,0 +1,95 @@
+# kvbus - one plain Makefile.
+#
+#   make            build build/kvbusd (optimised, with debug symbols)
+#   make run        install what is missing, build, start kvbusd on defaults
+#   make test       install what is missing, build, run unit + e2e tests,
+#                   then the same again under ASan+UBSan
+#   make asan       the sanitizer build in build-asan/
+#   make bench      benchmarks against redis-benchmark in the same run
+#   make format-check   clang-format over the C sources
+#
+# User CFLAGS are appended to ours, never replace them.
+
+CC       ?= cc
+BUILD    ?= build
+MODE     ?= release
+PKGS      = libuv jansson inih libxxhash
+LIBS_EXTRA = -lhttp_parser -lwslay -lm
+
+ifeq ($(MODE),asan)
+  OPT = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+        -fno-sanitize-recover=undefined
+  LDOPT = -fsanitize=address,undefined
+else
+  OPT = -O2 -g
+  LDOPT =
+endif
+
+WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+           -Wno-missing-field-initializers
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) -I. \
+             $(shell pkg-config --cflags $(PKGS)) $(CFLAGS)
+ALL_LDFLAGS = $(LDOPT) $(LDFLAGS)
+LDLIBS_ALL = $(shell pkg-config --libs $(PKGS)) $(LIBS_EXTRA) $(LDLIBS)
+
+KV_SRC   = kvstore/kvstore.c kvstore/kv_value.c
+MEM_SRC  = backends/memory/mem_kv.c
+SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
+SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
+           server/srv_metrics.c
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+
+KVBUSD   = $(BUILD)/kvbusd
+UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
+             $(BUILD)/tests/test_config $(BUILD)/tests/test_request
+
+.PHONY: all run test test-unit test-e2e asan bench deps clean format-check
+
+all: $(KVBUSD)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(SRV_LIB_SRC) $(SRV_SRC))
+	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL)
+
+# One cmocka binary per module, linking only that module and what it needs.
+$(BUILD)/tests/test_kvstore: $(call obj,tests/unit/test_kvstore.c $(KV_SRC) $(MEM_SRC))
+$(BUILD)/tests/test_memory: $(call obj,tests/unit/test_memory.c $(KV_SRC) $(MEM_SRC))
+$(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_config.c server/srv_log.c $(KV_SRC))
+$(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
+$(UNIT_TESTS):
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+deps:
+	@tests/tools/install-deps
+
+run: deps all
+	$(KVBUSD) $(ARGS)
+
+test-unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
+
+test-e2e: $(KVBUSD)
+	@KVBUSD=$(abspath $(KVBUSD)) tests/e2e/run
+
+test: deps
+	$(MAKE) MODE=release BUILD=build test-unit test-e2e
+	$(MAKE) MODE=asan BUILD=build-asan test-unit test-e2e
+
+asan:
+	$(MAKE) MODE=asan BUILD=build-asan all
+
+bench: deps all
+	@KVBUSD=$(abspath $(KVBUSD)) tests/bench/run
+
+format-check:
+	clang-format --dry-run --Werror $(shell git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan
