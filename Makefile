@@ -13,7 +13,7 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash
+PKGS      = libuv jansson inih libxxhash libcrypto
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -34,6 +34,8 @@ LDLIBS_ALL = $(shell pkg-config --libs $(PKGS)) $(LIBS_EXTRA) $(LDLIBS)
 
 KV_SRC   = kvstore/kvstore.c kvstore/kv_value.c
 MEM_SRC  = backends/memory/mem_kv.c
+PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c
+PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
 SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
            server/srv_metrics.c
@@ -42,7 +44,8 @@ obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 
 KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
-             $(BUILD)/tests/test_config $(BUILD)/tests/test_request
+             $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
+             $(BUILD)/tests/test_pubsub
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -52,7 +55,7 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
-$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(SRV_LIB_SRC) $(SRV_SRC))
+$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(PS_LINK) $(SRV_LIB_SRC) $(SRV_SRC))
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL)
 
 # One cmocka binary per module, linking only that module and what it needs.
@@ -60,6 +63,7 @@ $(BUILD)/tests/test_kvstore: $(call obj,tests/unit/test_kvstore.c $(KV_SRC) $(ME
 $(BUILD)/tests/test_memory: $(call obj,tests/unit/test_memory.c $(KV_SRC) $(MEM_SRC))
 $(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_config.c server/srv_log.c $(KV_SRC))
 $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
+$(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka

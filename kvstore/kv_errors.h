@@ -22,7 +22,8 @@
     X(ENOMEM, -9, 503, "no_memory", "out of memory")                           \
     X(ENOTSUP, -10, 405, "not_supported", "operation not supported")           \
     X(ELIMIT, -11, 400, "limit", "limit exceeded")                             \
-    X(ECURSOR, -12, 400, "bad_cursor", "invalid cursor")
+    X(ECURSOR, -12, 400, "bad_cursor", "invalid cursor")                       \
+    X(ETOPIC, -13, 400, "bad_topic", "invalid topic")
 
 enum kv_errno {
 #define KV__ERR_ENUM(name, value, status, code, msg) KV_##name = value,

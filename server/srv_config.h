@@ -21,6 +21,7 @@
 
 #include "kvstore/kvstore.h"
 
+#define SRV_VERSION "0.1.0"           /* printed by kvbusd --version */
 #define SRV_NODE_ID_MAX 128
 #define SRV_LISTEN_DEFAULT "127.0.0.1:7400"
 #define SRV_CONFIG_ERR_BYTES 512
@@ -35,7 +36,7 @@ typedef struct srv_pubsub_conf {
 
 typedef struct srv_config {
     char *config_path;                  /* owned; NULL when no file */
-    char listen_host[256];              /* from listen = host:port */
+    char listen_host[256];              /* from listen; IPv6 unbracketed */
     uint16_t listen_port;
     char node_id[SRV_NODE_ID_MAX + 1];  /* default hostname-pid; no ':' */
     kv_limits limits;                   /* key/value bytes, stores */

@@ -1,0 +1,34 @@
+/*
+ * srv_app.h - what one running kvbusd holds: its loop, configuration,
+ * store registry and HTTP server. One instance per process, passed to every
+ * handler through srv_conn_app(); there are no globals, so a process could
+ * run one per thread later.
+ */
+#ifndef SRV_APP_H
+#define SRV_APP_H
+
+#include <stdint.h>
+
+#include "kvstore/kvstore.h"
+#include "server/srv_config.h"
+#include "server/srv_http.h"
+
+struct uv_loop_s;
+
+typedef struct srv_app {
+    struct uv_loop_s *loop;
+    const srv_config *cfg;
+    kv_registry *reg;
+    srv_server *http;
+    uint64_t started_ms; /* wall clock, for uptime */
+} srv_app;
+
+/* The route table of kvbusd (srv_routes.c). */
+extern const srv_route srv_routes[];
+extern const size_t srv_nroutes;
+
+/* Renders the Prometheus text exposition of app into a malloc'd string
+ * (*len bytes); the caller frees it. NULL when memory runs out. */
+char *srv_metrics_render(const srv_app *app, size_t *len);
+
+#endif

@@ -1,0 +1,177 @@
+/*
+ * srv_metrics.c - the Prometheus text exposition of /metrics.
+ *
+ * Reads the counters the modules keep (per store and op in kvstore, per
+ * status class in srv_http) and renders them; it keeps no state of its own.
+ * Ops a store has never served are left out to keep the page short.
+ *
+ * Runs on: the event loop thread.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/srv_app.h"
+
+typedef struct text {
+    char *data;
+    size_t len, cap;
+    bool failed;
+} text;
+
+static void put(text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void put(text *t, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (t->failed)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = (t->cap ? t->cap * 2 : 4096) + (size_t)n;
+        char *grown = realloc(t->data, cap);
+        if (!grown) {
+            t->failed = true;
+            return;
+        }
+        t->data = grown;
+        t->cap = cap;
+    }
+}
+
+static void render_store_ops(text *t, const kv_store *s)
+{
+    const char *name = kv_store_name(s);
+    int op, b;
+
+    for (op = 0; op < KV_OP__COUNT; op++) {
+        const kv_op_stats *st = kv_store_op_stats(s, (kv_op)op);
+        const char *opn = kv_op_name((kv_op)op);
+        uint64_t cum = 0;
+
+        if (!st->calls)
+            continue;
+        put(t, "kvbus_requests_total{store=\"%s\",op=\"%s\"} %llu\n", name, opn,
+            (unsigned long long)st->calls);
+        put(t, "kvbus_request_errors_total{store=\"%s\",op=\"%s\"} %llu\n",
+            name, opn, (unsigned long long)st->errors);
+        for (b = 0; b < KV_LATENCY_BUCKETS; b++) {
+            cum += st->buckets[b];
+            put(t,
+                "kvbus_request_duration_seconds_bucket{store=\"%s\",op=\"%s\","
+                "le=\"%g\"} %llu\n",
+                name, opn, kv_latency_bounds_us[b] / 1e6,
+                (unsigned long long)cum);
+        }
+        put(t,
+            "kvbus_request_duration_seconds_bucket{store=\"%s\",op=\"%s\","
+            "le=\"+Inf\"} %llu\n",
+            name, opn, (unsigned long long)st->calls);
+        put(t, "kvbus_request_duration_seconds_sum{store=\"%s\",op=\"%s\"} "
+               "%.6f\n",
+            name, opn, (double)st->latency_us_sum / 1e6);
+        put(t, "kvbus_request_duration_seconds_count{store=\"%s\",op=\"%s\"} "
+               "%llu\n",
+            name, opn, (unsigned long long)st->calls);
+    }
+}
+
+static long resident_bytes(void)
+{
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return rss * sysconf(_SC_PAGESIZE);
+}
+
+char *srv_metrics_render(const srv_app *app, size_t *len)
+{
+    const srv_http_stats *hs = srv_server_stats(app->http);
+    text t = {0};
+    kv_backend_stats bs;
+    kv_store *s;
+    size_t i;
+    int cls;
+
+    put(&t, "# HELP kvbus_requests_total Key/value calls by store and op.\n"
+            "# TYPE kvbus_requests_total counter\n"
+            "# HELP kvbus_request_errors_total Calls that failed.\n"
+            "# TYPE kvbus_request_errors_total counter\n"
+            "# HELP kvbus_request_duration_seconds Time to answer a call.\n"
+            "# TYPE kvbus_request_duration_seconds histogram\n");
+    for (i = 0; (s = kv_registry_at(app->reg, i)); i++)
+        render_store_ops(&t, s);
+
+    put(&t, "# HELP kvbus_store_up 1 while the store's backend answers.\n"
+            "# TYPE kvbus_store_up gauge\n");
+    for (i = 0; (s = kv_registry_at(app->reg, i)); i++)
+        put(&t, "kvbus_store_up{store=\"%s\",backend=\"%s\"} %d\n",
+            kv_store_name(s), kv_store_backend_name(s),
+            kv_store_healthy(s) ? 1 : 0);
+    put(&t, "# HELP kvbus_store_keys Keys held, where the backend knows.\n"
+            "# TYPE kvbus_store_keys gauge\n"
+            "# HELP kvbus_store_bytes Bytes held, where the backend knows.\n"
+            "# TYPE kvbus_store_bytes gauge\n");
+    for (i = 0; (s = kv_registry_at(app->reg, i)); i++) {
+        kv_store_stats(s, &bs);
+        if (!bs.known)
+            continue;
+        put(&t, "kvbus_store_keys{store=\"%s\"} %llu\n", kv_store_name(s),
+            (unsigned long long)bs.keys);
+        put(&t, "kvbus_store_bytes{store=\"%s\"} %llu\n", kv_store_name(s),
+            (unsigned long long)bs.bytes);
+    }
+
+    put(&t, "# HELP kvbus_http_connections_open Open client connections.\n"
+            "# TYPE kvbus_http_connections_open gauge\n"
+            "kvbus_http_connections_open %llu\n"
+            "# HELP kvbus_http_connections_total Connections accepted.\n"
+            "# TYPE kvbus_http_connections_total counter\n"
+            "kvbus_http_connections_total %llu\n"
+            "# HELP kvbus_http_rejected_total Requests refused while parsing.\n"
+            "# TYPE kvbus_http_rejected_total counter\n"
+            "kvbus_http_rejected_total %llu\n"
+            "# HELP kvbus_http_responses_total Responses by status class.\n"
+            "# TYPE kvbus_http_responses_total counter\n",
+        (unsigned long long)hs->connections_open,
+        (unsigned long long)hs->connections_total,
+        (unsigned long long)hs->requests_rejected);
+    for (cls = 1; cls <= 5; cls++)
+        put(&t, "kvbus_http_responses_total{code=\"%dxx\"} %llu\n", cls,
+            (unsigned long long)hs->responses[cls]);
+    put(&t, "# HELP kvbus_uptime_seconds Seconds since start.\n"
+            "# TYPE kvbus_uptime_seconds gauge\n"
+            "kvbus_uptime_seconds %llu\n"
+            "# HELP kvbus_resident_memory_bytes Resident set size.\n"
+            "# TYPE kvbus_resident_memory_bytes gauge\n"
+            "kvbus_resident_memory_bytes %ld\n",
+        (unsigned long long)(time(NULL) - (time_t)(app->started_ms / 1000)),
+        resident_bytes());
+    if (t.failed) {
+        free(t.data);
+        return NULL;
+    }
+    *len = t.len;
+    return t.data;
+}

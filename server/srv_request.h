@@ -1,0 +1,83 @@
+/*
+ * srv_request.h - the pure parts of request handling: splitting a request
+ * target into path and query, percent-decoding, query parameters, and
+ * matching a path against the route table. No sockets, no state: the
+ * connection code (srv_http.c) and the unit tests both call these.
+ *
+ * Paths are matched raw, before decoding, so an encoded "/" (%2F) inside a
+ * key never changes which route or store a request goes to; each captured
+ * segment is decoded afterwards by its handler.
+ */
+#ifndef SRV_REQUEST_H
+#define SRV_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvstore/kvstore.h"
+
+enum srv_method {
+    SRV_GET = 1 << 0,
+    SRV_HEAD = 1 << 1,
+    SRV_PUT = 1 << 2,
+    SRV_POST = 1 << 3,
+    SRV_DELETE = 1 << 4,
+    SRV_OTHER = 1 << 5,
+};
+
+#define SRV_ROUTE_CAPS 2 /* most captures a pattern may have */
+
+struct srv_conn;
+
+/*
+ * A route: a pattern of literal segments, "{name}" (one non-empty segment)
+ * and a final "{name*}" (the non-empty rest, "/" included), the methods it
+ * accepts, and its handler. Tables of these are data, matched in one place.
+ */
+typedef struct srv_route {
+    const char *pattern;
+    unsigned methods;                     /* SRV_GET | SRV_HEAD ... */
+    void (*handler)(struct srv_conn *c);  /* NULL in unit tests */
+} srv_route;
+
+typedef enum srv_match {
+    SRV_MATCH_OK,
+    SRV_MATCH_NO_ROUTE,   /* 404 */
+    SRV_MATCH_BAD_METHOD, /* 405: the path matched, the method did not */
+} srv_match;
+
+/*
+ * Finds the first route whose pattern matches path and that accepts
+ * method. caps receives the raw (still encoded) captures in pattern order.
+ */
+srv_match srv_route_find(const srv_route *routes, size_t nroutes,
+                         unsigned method, kv_bytes path,
+                         const srv_route **out, kv_bytes caps[SRV_ROUTE_CAPS]);
+
+/* The srv_method bit for an http_parser method number. */
+unsigned srv_method_bit(unsigned http_parser_method);
+
+/* Splits an origin-form target ("/a/b?x=1") at the first '?'. Returns false
+ * when the target does not start with '/'. */
+bool srv_split_target(kv_bytes target, kv_bytes *path, kv_bytes *query);
+
+/*
+ * Percent-decodes in into out (at least in.len bytes). '+' becomes a space
+ * only when plus_is_space (query strings); in paths it stays '+'. Returns
+ * the decoded length, or -1 on a bad escape ("%zz", a truncated "%4").
+ */
+long srv_pct_decode(kv_bytes in, bool plus_is_space, char *out);
+
+/*
+ * Finds parameter name in query and decodes its value into out (cap bytes).
+ * Returns the decoded length, -1 when absent, -2 when the value is badly
+ * encoded or longer than cap.
+ */
+long srv_query_param(kv_bytes query, const char *name, char *out, size_t cap);
+
+/* Parses a whole decimal integer in [min, max] from a query value. */
+bool srv_parse_int(const char *s, size_t len, int64_t min, int64_t max,
+                   int64_t *out);
+
+#endif
