@@ -1,6 +1,6 @@
 /*
  * srv_app.h - what one running kvbusd holds: its loop, configuration,
- * store registry and HTTP server. One instance per process, passed to every
+ * store registry, pub/sub bus, HTTP server and WebSocket hub. One instance per process, passed to every
  * handler through srv_conn_app(); there are no globals, so a process could
  * run one per thread later.
  */
@@ -10,8 +10,10 @@
 #include <stdint.h>
 
 #include "kvstore/kvstore.h"
+#include "pubsub/pubsub.h"
 #include "server/srv_config.h"
 #include "server/srv_http.h"
+#include "server/srv_ws.h"
 
 struct uv_loop_s;
 
@@ -20,6 +22,8 @@ typedef struct srv_app {
     const srv_config *cfg;
     kv_registry *reg;
     srv_server *http;
+    ps_bus *bus;
+    srv_ws_hub *ws;
     uint64_t started_ms; /* wall clock, for uptime */
 } srv_app;
 

@@ -92,6 +92,50 @@ static void render_store_ops(text *t, const kv_store *s)
     }
 }
 
+/* Bus and WebSocket counters. */
+static void render_pubsub(text *t, const srv_app *app)
+{
+    const srv_ws_stats *ws = srv_ws_hub_stats(app->ws);
+    ps_bus_stats bs;
+
+    ps_bus_stats_get(app->bus, &bs);
+    put(t, "# HELP kvbus_pubsub_published_total Messages published here.\n"
+           "# TYPE kvbus_pubsub_published_total counter\n"
+           "kvbus_pubsub_published_total %llu\n"
+           "# HELP kvbus_pubsub_received_total Messages from other nodes.\n"
+           "# TYPE kvbus_pubsub_received_total counter\n"
+           "kvbus_pubsub_received_total %llu\n"
+           "# HELP kvbus_pubsub_delivered_total Deliveries to subscribers.\n"
+           "# TYPE kvbus_pubsub_delivered_total counter\n"
+           "kvbus_pubsub_delivered_total %llu\n"
+           "# HELP kvbus_pubsub_dropped_total Messages dropped for slow "
+           "consumers.\n"
+           "# TYPE kvbus_pubsub_dropped_total counter\n"
+           "kvbus_pubsub_dropped_total %llu\n"
+           "# HELP kvbus_pubsub_subscriptions Patterns held by subscribers.\n"
+           "# TYPE kvbus_pubsub_subscriptions gauge\n"
+           "kvbus_pubsub_subscriptions %llu\n"
+           "# HELP kvbus_pubsub_provider_up 1 while the provider answers.\n"
+           "# TYPE kvbus_pubsub_provider_up gauge\n"
+           "kvbus_pubsub_provider_up{provider=\"%s\"} %d\n"
+           "# HELP kvbus_ws_connections_open Open WebSocket connections.\n"
+           "# TYPE kvbus_ws_connections_open gauge\n"
+           "kvbus_ws_connections_open %llu\n"
+           "# HELP kvbus_ws_connections_total WebSocket connections accepted.\n"
+           "# TYPE kvbus_ws_connections_total counter\n"
+           "kvbus_ws_connections_total %llu\n"
+           "# HELP kvbus_ws_slow_closed_total Connections closed with 1008.\n"
+           "# TYPE kvbus_ws_slow_closed_total counter\n"
+           "kvbus_ws_slow_closed_total %llu\n",
+        (unsigned long long)bs.published, (unsigned long long)bs.received,
+        (unsigned long long)bs.delivered, (unsigned long long)ws->dropped,
+        (unsigned long long)bs.subscriptions, ps_bus_provider_name(app->bus),
+        ps_bus_healthy(app->bus) ? 1 : 0,
+        (unsigned long long)ws->connections_open,
+        (unsigned long long)ws->connections_total,
+        (unsigned long long)ws->closed_slow);
+}
+
 static long resident_bytes(void)
 {
     long pages = 0, rss = 0;
@@ -160,6 +204,7 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
     for (cls = 1; cls <= 5; cls++)
         put(&t, "kvbus_http_responses_total{code=\"%dxx\"} %llu\n", cls,
             (unsigned long long)hs->responses[cls]);
+    render_pubsub(&t, app);
     put(&t, "# HELP kvbus_uptime_seconds Seconds since start.\n"
             "# TYPE kvbus_uptime_seconds gauge\n"
             "kvbus_uptime_seconds %llu\n"

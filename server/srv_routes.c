@@ -506,6 +506,63 @@ static void handle_store(srv_conn *c)
 }
 
 /* ------------------------------------------------------------------ */
+/* Pub/sub                                                              */
+
+/* POST /v1/pub/{topic}: the body is the payload; 202 once handed on. */
+static void handle_publish(srv_conn *c)
+{
+    srv_app *app = srv_conn_app(c);
+    kv_bytes raw = srv_req_cap(c, 0), body = srv_req_body(c);
+    char topic[PS_TOPIC_MAX * 3 + 1];
+    kv_err err = {0};
+    ps_message m;
+    long n;
+
+    if (raw.len >= sizeof topic) {
+        srv_respond_error(c, 400, "bad_topic", "topic is longer than %d bytes",
+                          PS_TOPIC_MAX);
+        return;
+    }
+    n = srv_pct_decode(raw, false, topic);
+    if (n < 0) {
+        srv_respond_error(c, 400, "bad_topic", "topic has a bad percent-escape");
+        return;
+    }
+    if (ps_publish(app->bus, topic, (size_t)n, body.ptr, body.len, &m, &err)) {
+        srv_respond_kv_error(c, err.code, &err);
+        return;
+    }
+    respond_json(c, 202, json_pack("{s:s#, s:s, s:I}", "topic", m.topic,
+                                   (int)m.topic_len, "node", m.node, "seq",
+                                   (json_int_t)m.seq));
+}
+
+/* GET /v1/topics: every tracked topic and pattern with its counters. */
+static void handle_topics(srv_conn *c)
+{
+    srv_app *app = srv_conn_app(c);
+    json_t *arr = json_array();
+    ps_topic_stats ts;
+    size_t i;
+
+    for (i = 0; arr && ps_bus_topic_at(app->bus, i, &ts); i++)
+        json_array_append_new(arr, json_pack("{s:s, s:I, s:I, s:f}", "name",
+                                             ts.name, "subscribers",
+                                             (json_int_t)ts.subscribers,
+                                             "published",
+                                             (json_int_t)ts.published,
+                                             "rate", ts.rate));
+    respond_json(c, 200, json_pack("{s:o, s:s, s:s}", "topics", arr, "node",
+                                   ps_bus_node_id(app->bus), "provider",
+                                   ps_bus_provider_name(app->bus)));
+}
+
+static void handle_ws(srv_conn *c)
+{
+    srv_ws_accept(((srv_app *)srv_conn_app(c))->ws, c);
+}
+
+/* ------------------------------------------------------------------ */
 /* Stores, health, metrics                                              */
 
 /* [{"name":..,"backend":..,"healthy":..}, ...] for every open store. */
@@ -545,10 +602,14 @@ static void handle_healthz(srv_conn *c)
 /* 200 when every store's backend answers, else 503 naming each state. */
 static void handle_readyz(srv_conn *c)
 {
-    bool healthy;
-    json_t *stores = stores_json(registry_of(c), &healthy);
-    json_t *pubsub = json_pack("{s:s, s:b}", "provider", "memory", "healthy",
-                               true);
+    srv_app *app = srv_conn_app(c);
+    bool healthy, bus_ok = ps_bus_healthy(app->bus);
+    json_t *stores = stores_json(app->reg, &healthy);
+    json_t *pubsub = json_pack("{s:s, s:b}", "provider",
+                               ps_bus_provider_name(app->bus), "healthy",
+                               bus_ok);
+
+    healthy = healthy && bus_ok;
 
     respond_json(c, healthy ? 200 : 503,
                  json_pack("{s:b, s:o, s:o}", "ready", healthy, "stores",
@@ -587,6 +648,9 @@ const srv_route srv_routes[] = {
      handle_store},
     {"/v1/kv/{store}/{key*}",
      SRV_GET | SRV_HEAD | SRV_PUT | SRV_POST | SRV_DELETE, handle_key},
+    {"/v1/pub/{topic}", SRV_POST, handle_publish},
+    {"/v1/topics", SRV_GET | SRV_HEAD, handle_topics},
+    {"/v1/ws", SRV_GET, handle_ws},
     {"/healthz", SRV_GET | SRV_HEAD, handle_healthz},
     {"/readyz", SRV_GET | SRV_HEAD, handle_readyz},
     {"/metrics", SRV_GET | SRV_HEAD, handle_metrics},

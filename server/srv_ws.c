@@ -31,7 +31,7 @@
 #include "server/srv_log.h"
 #include "server/srv_ws.h"
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_WRITE_WATERMARK (64 * 1024) /* bytes waiting in uv before we hold */
 #define WS_CHECK_INTERVAL_MS 250       /* stall and close-deadline checks */
 #define WS_CLOSE_GRACE_MS 1000         /* time for a close frame to leave */
