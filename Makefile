@@ -82,7 +82,7 @@ test-unit: $(UNIT_TESTS)
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) tests/e2e/run
 
-test: deps
+test: deps format-check
 	$(MAKE) MODE=release BUILD=build test-unit test-e2e
 	$(MAKE) MODE=asan BUILD=build-asan test-unit test-e2e
 
@@ -93,7 +93,8 @@ bench: deps all
 	@KVBUSD=$(abspath $(KVBUSD)) tests/bench/run
 
 format-check:
-	clang-format --dry-run --Werror $(shell git ls-files '*.c' '*.h')
+	@clang-format --dry-run --Werror $(shell git ls-files '*.c' '*.h') \
+	    && echo "format-check: ok"
 
 clean:
 	rm -rf build build-asan

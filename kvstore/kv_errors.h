@@ -45,8 +45,8 @@ int kv_errstatus(int err);
  * PQerrorMessage or a Redis reply here). Caller-owned, usually on the stack.
  */
 typedef struct kv_err {
-    int code;                     /* a KV_E* value, 0 when none */
-    char msg[KV_ERR_MSG_BYTES];   /* one human sentence, NUL-terminated */
+    int code;                   /* a KV_E* value, 0 when none */
+    char msg[KV_ERR_MSG_BYTES]; /* one human sentence, NUL-terminated */
 } kv_err;
 
 /* Records code and a printf-style message in err (err may be NULL). Returns

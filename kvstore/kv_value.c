@@ -142,8 +142,8 @@ int kv_check_key(kv_bytes key, size_t max_bytes, kv_err *err)
     while (i < key.len) {
         n = utf8_decode(s + i, key.len - i, &cp);
         if (n == 0)
-            return kv_err_set(err, KV_EKEY,
-                              "key is not valid UTF-8 (byte %zu)", i);
+            return kv_err_set(err, KV_EKEY, "key is not valid UTF-8 (byte %zu)",
+                              i);
         if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
             return kv_err_set(err, KV_EKEY,
                               "key contains control character U+%04X at "

@@ -43,8 +43,8 @@ struct kv_registry {
  * answers. Freed when the caller's callback has returned. */
 typedef struct kv_call {
     kv_store *store;
-    kv_req req;          /* ETag CAS: kept for the second step */
-    char *owned;         /* copies of key and expected bytes, or NULL */
+    kv_req req;  /* ETag CAS: kept for the second step */
+    char *owned; /* copies of key and expected bytes, or NULL */
     uint64_t start_ns;
     kv_done_cb done;
     void *ud;
@@ -326,16 +326,26 @@ const kv_op_stats *kv_store_op_stats(const kv_store *s, kv_op op)
 static kv_method method_of(const struct kv_backend_ops *ops, kv_op op)
 {
     switch (op) {
-    case KV_OP_GET: return ops->get;
-    case KV_OP_PUT: return ops->put;
-    case KV_OP_DEL: return ops->del;
-    case KV_OP_SET_TTL: return ops->set_ttl;
-    case KV_OP_CAS: return ops->cas;
-    case KV_OP_INCR: return ops->incr;
-    case KV_OP_MGET: return ops->mget;
-    case KV_OP_KEYS: return ops->keys;
-    case KV_OP_CLEAR: return ops->clear;
-    case KV_OP__COUNT: break;
+    case KV_OP_GET:
+        return ops->get;
+    case KV_OP_PUT:
+        return ops->put;
+    case KV_OP_DEL:
+        return ops->del;
+    case KV_OP_SET_TTL:
+        return ops->set_ttl;
+    case KV_OP_CAS:
+        return ops->cas;
+    case KV_OP_INCR:
+        return ops->incr;
+    case KV_OP_MGET:
+        return ops->mget;
+    case KV_OP_KEYS:
+        return ops->keys;
+    case KV_OP_CLEAR:
+        return ops->clear;
+    case KV_OP__COUNT:
+        break;
     }
     return NULL;
 }
@@ -391,7 +401,8 @@ static int validate(const kv_registry *reg, const kv_req *req, kv_err *err)
                           KV_MAX_TTL_S);
     if ((req->op == KV_OP_PUT || (req->op == KV_OP_CAS && req->has_value)) &&
         req->value.len > lim->max_value_bytes)
-        return kv_err_set(err, KV_ETOOBIG, "value is %zu bytes, the limit is %zu",
+        return kv_err_set(err, KV_ETOOBIG,
+                          "value is %zu bytes, the limit is %zu",
                           req->value.len, lim->max_value_bytes);
     if (req->op == KV_OP_CAS && req->has_expected && req->expected_is_etag &&
         !is_hex_etag(req->expected))
@@ -550,8 +561,8 @@ int kv_store_call(kv_store *s, const kv_req *req, kv_done_cb done, void *ud,
                   kv_err *err)
 {
     kv_backend *b = s->backend;
-    bool by_etag = req->op == KV_OP_CAS && req->has_expected &&
-                   req->expected_is_etag;
+    bool by_etag =
+        req->op == KV_OP_CAS && req->has_expected && req->expected_is_etag;
     kv_method m;
     kv_call *c;
     int rc;

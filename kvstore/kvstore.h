@@ -28,12 +28,12 @@
 
 struct uv_loop_s;
 
-#define KV_STORE_NAME_MAX 64            /* bytes, SPEC 5 */
-#define KV_MAX_TTL_S 3153600000LL       /* 100 years; longer is a 400 */
-#define KV_INT_TEXT_MAX 20              /* "-9223372036854775808" */
-#define KV_ETAG_HEX 16                  /* XXH3-64 as lowercase hex */
-#define KV_KEYS_LIMIT_DEFAULT 100       /* page size when none is asked */
-#define KV_KEYS_LIMIT_MAX 10000         /* largest page a caller may ask */
+#define KV_STORE_NAME_MAX 64      /* bytes, SPEC 5 */
+#define KV_MAX_TTL_S 3153600000LL /* 100 years; longer is a 400 */
+#define KV_INT_TEXT_MAX 20        /* "-9223372036854775808" */
+#define KV_ETAG_HEX 16            /* XXH3-64 as lowercase hex */
+#define KV_KEYS_LIMIT_DEFAULT 100 /* page size when none is asked */
+#define KV_KEYS_LIMIT_MAX 10000   /* largest page a caller may ask */
 
 /* A borrowed byte string; binary-safe, not NUL-terminated. */
 typedef struct kv_bytes {
@@ -56,7 +56,7 @@ typedef enum kv_op {
 #define KV__OP_ENUM(up, low, mutates) KV_OP_##up,
     KV_OP_MAP(KV__OP_ENUM)
 #undef KV__OP_ENUM
-    KV_OP__COUNT
+        KV_OP__COUNT
 } kv_op;
 
 /* "get", "put", ... as used in metrics and notifications. */
@@ -103,8 +103,8 @@ typedef struct kv_reply {
  * Completion of a request, on the loop thread. status is 0 or a KV_E* code;
  * on error, reply is NULL and err says why.
  */
-typedef void (*kv_done_cb)(int status, const kv_reply *reply,
-                           const kv_err *err, void *ud);
+typedef void (*kv_done_cb)(int status, const kv_reply *reply, const kv_err *err,
+                           void *ud);
 
 /* Configuration of one store, as read from [store.<name>]. */
 typedef struct kv_store_conf {
@@ -221,8 +221,7 @@ void kv_registry_free(kv_registry *reg);
 void kv_registry_on_change(kv_registry *reg, kv_change_cb cb, void *ud);
 
 /* Replaces the clock of every backend opened from now on (tests). */
-void kv_registry_set_clock(kv_registry *reg,
-                           uint64_t (*now_ms)(kv_backend *b));
+void kv_registry_set_clock(kv_registry *reg, uint64_t (*now_ms)(kv_backend *b));
 
 /*
  * Opens a configured store (the conf is copied). The store named "default"

@@ -28,20 +28,20 @@
 
 struct uv_loop_s;
 
-#define PS_TOPIC_MAX 255             /* bytes */
-#define PS_NODE_ID_MAX 128           /* bytes */
-#define PS_SUBS_PER_SUB_DEFAULT 256  /* patterns one subscriber may hold */
-#define PS_TRACKED_TOPICS_MAX 10000  /* topics whose counters are kept */
+#define PS_TOPIC_MAX 255            /* bytes */
+#define PS_NODE_ID_MAX 128          /* bytes */
+#define PS_SUBS_PER_SUB_DEFAULT 256 /* patterns one subscriber may hold */
+#define PS_TRACKED_TOPICS_MAX 10000 /* topics whose counters are kept */
 
 /* One message. All pointers are borrowed for the duration of a call. */
 typedef struct ps_message {
     const char *topic;
     size_t topic_len;
-    const char *data;   /* payload bytes, binary-safe */
+    const char *data; /* payload bytes, binary-safe */
     size_t len;
-    const char *node;   /* origin node id, NUL-terminated */
-    uint64_t seq;       /* per-origin sequence number, from 1 */
-    uint64_t ts_ms;     /* wall clock at publish, ms since the epoch */
+    const char *node; /* origin node id, NUL-terminated */
+    uint64_t seq;     /* per-origin sequence number, from 1 */
+    uint64_t ts_ms;   /* wall clock at publish, ms since the epoch */
 } ps_message;
 
 typedef struct ps_bus ps_bus;
@@ -171,21 +171,21 @@ bool ps_pattern_match(const char *pattern, size_t plen, const char *topic,
 
 /* Counters of one topic or pattern, for GET /v1/topics and /metrics. */
 typedef struct ps_topic_stats {
-    const char *name;      /* topic, or pattern ending in '*' */
-    size_t subscribers;    /* local subscribers holding exactly this name */
-    uint64_t published;    /* messages published or received on it */
-    double rate;           /* messages per second, recent average */
+    const char *name;   /* topic, or pattern ending in '*' */
+    size_t subscribers; /* local subscribers holding exactly this name */
+    uint64_t published; /* messages published or received on it */
+    double rate;        /* messages per second, recent average */
 } ps_topic_stats;
 
 /* The index-th tracked topic or pattern; false past the end. */
 bool ps_bus_topic_at(const ps_bus *bus, size_t index, ps_topic_stats *out);
 
 typedef struct ps_bus_stats {
-    uint64_t published;    /* by this node */
-    uint64_t received;     /* from other nodes */
-    uint64_t delivered;    /* message callbacks made */
-    uint64_t subscribers;  /* live ps_sub */
-    uint64_t subscriptions;/* patterns held, all subscribers */
+    uint64_t published;     /* by this node */
+    uint64_t received;      /* from other nodes */
+    uint64_t delivered;     /* message callbacks made */
+    uint64_t subscribers;   /* live ps_sub */
+    uint64_t subscriptions; /* patterns held, all subscribers */
 } ps_bus_stats;
 
 void ps_bus_stats_get(const ps_bus *bus, ps_bus_stats *out);

@@ -66,8 +66,8 @@ static void on_signal(uv_signal_t *h, int signum)
     d->stopping = true;
     srv_info("shutdown: %s received, draining connections",
              signum == SIGINT ? "SIGINT" : "SIGTERM");
-    srv_server_shutdown(d->app.http, d->app.cfg->shutdown_grace_ms,
-                        on_drained, d);
+    srv_server_shutdown(d->app.http, d->app.cfg->shutdown_grace_ms, on_drained,
+                        d);
 }
 
 static uint64_t wall_ms(void)
@@ -82,8 +82,7 @@ static uint64_t wall_ms(void)
  * The change hook of the registry: publishes {"store","op","key"} on topic
  * kv.<store> after a successful mutation of a store with notify = true.
  */
-static void on_store_change(const kv_store *s, kv_op op, kv_bytes key,
-                            void *ud)
+static void on_store_change(const kv_store *s, kv_op op, kv_bytes key, void *ud)
 {
     srv_app *app = ud;
     char topic[PS_TOPIC_MAX + 1];
@@ -96,11 +95,10 @@ static void on_store_change(const kv_store *s, kv_op op, kv_bytes key,
     j = json_pack("{s:s, s:s, s:s#}", "store", kv_store_name(s), "op",
                   kv_op_name(op), "key", key.ptr, (int)key.len);
     payload = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (!payload ||
-        ps_publish(app->bus, topic, (size_t)n, payload, strlen(payload), NULL,
-                   &err) != 0)
-        srv_warn("notify: store %s: change not published: %s",
-                 kv_store_name(s), payload ? err.msg : "out of memory");
+    if (!payload || ps_publish(app->bus, topic, (size_t)n, payload,
+                               strlen(payload), NULL, &err) != 0)
+        srv_warn("notify: store %s: change not published: %s", kv_store_name(s),
+                 payload ? err.msg : "out of memory");
     free(payload);
     json_decref(j);
 }
@@ -184,7 +182,8 @@ int main(int argc, char **argv)
         .max_body_bytes = cfg.limits.max_value_bytes,
         .max_connections = cfg.max_connections,
     };
-    d.app.http = srv_server_new(&loop, &limits, srv_routes, srv_nroutes, &d.app);
+    d.app.http =
+        srv_server_new(&loop, &limits, srv_routes, srv_nroutes, &d.app);
     if (!d.app.reg || !d.app.http) {
         srv_error("out of memory at start-up");
         goto out;
@@ -194,8 +193,8 @@ int main(int argc, char **argv)
     ws_limits = (srv_ws_limits){
         .queue_bytes = cfg.ws_queue_bytes,
         .stall_ms = cfg.ws_stall_ms,
-        .max_frame_bytes = cfg.limits.max_value_bytes / 3 * 4 +
-                           WS_FRAME_OVERHEAD_BYTES,
+        .max_frame_bytes =
+            cfg.limits.max_value_bytes / 3 * 4 + WS_FRAME_OVERHEAD_BYTES,
         .max_patterns = PS_SUBS_PER_SUB_DEFAULT,
     };
     d.app.ws = srv_ws_hub_new(&loop, d.app.bus, &ws_limits);

@@ -1,8 +1,8 @@
 /*
  * srv_app.h - what one running kvbusd holds: its loop, configuration,
- * store registry, pub/sub bus, HTTP server and WebSocket hub. One instance per process, passed to every
- * handler through srv_conn_app(); there are no globals, so a process could
- * run one per thread later.
+ * store registry, pub/sub bus, HTTP server and WebSocket hub. One instance per
+ * process, passed to every handler through srv_conn_app(); there are no
+ * globals, so a process could run one per thread later.
  */
 #ifndef SRV_APP_H
 #define SRV_APP_H

@@ -21,42 +21,42 @@
 
 #include "kvstore/kvstore.h"
 
-#define SRV_VERSION "0.1.0"           /* printed by kvbusd --version */
+#define SRV_VERSION "0.1.0" /* printed by kvbusd --version */
 #define SRV_NODE_ID_MAX 128
 #define SRV_LISTEN_DEFAULT "127.0.0.1:7400"
 #define SRV_CONFIG_ERR_BYTES 512
 
 typedef struct srv_pubsub_conf {
-    char provider[16];       /* "memory" | "redis" | "kafka" */
-    char *url;               /* owned; redis URL or kafka bootstrap list */
-    char *channel_prefix;    /* owned; default "kvbus:" */
-    char *kafka_topic;       /* owned; default "kvbus-pubsub" */
-    char format[16];         /* "kvbus" | "nuxeo" */
+    char provider[16];    /* "memory" | "redis" | "kafka" */
+    char *url;            /* owned; redis URL or kafka bootstrap list */
+    char *channel_prefix; /* owned; default "kvbus:" */
+    char *kafka_topic;    /* owned; default "kvbus-pubsub" */
+    char format[16];      /* "kvbus" | "nuxeo" */
 } srv_pubsub_conf;
 
 typedef struct srv_config {
-    char *config_path;                  /* owned; NULL when no file */
-    char listen_host[256];              /* from listen; IPv6 unbracketed */
+    char *config_path;     /* owned; NULL when no file */
+    char listen_host[256]; /* from listen; IPv6 unbracketed */
     uint16_t listen_port;
-    char node_id[SRV_NODE_ID_MAX + 1];  /* default hostname-pid; no ':' */
-    kv_limits limits;                   /* key/value bytes, stores */
-    size_t max_uri_bytes;               /* request line target; 414 past it */
-    size_t max_header_bytes;            /* all headers; 431 past it */
-    size_t max_connections;             /* open client connections */
-    size_t ws_queue_bytes;              /* per WebSocket outbound queue */
-    uint32_t ws_stall_ms;               /* full queue this long = close 1008 */
-    uint32_t shutdown_grace_ms;         /* drain time on SIGTERM */
-    int log_level;                      /* 0 error, 1 warn, 2 info, 3 debug */
-    kv_store_conf *stores;              /* owned array */
+    char node_id[SRV_NODE_ID_MAX + 1]; /* default hostname-pid; no ':' */
+    kv_limits limits;                  /* key/value bytes, stores */
+    size_t max_uri_bytes;              /* request line target; 414 past it */
+    size_t max_header_bytes;           /* all headers; 431 past it */
+    size_t max_connections;            /* open client connections */
+    size_t ws_queue_bytes;             /* per WebSocket outbound queue */
+    uint32_t ws_stall_ms;              /* full queue this long = close 1008 */
+    uint32_t shutdown_grace_ms;        /* drain time on SIGTERM */
+    int log_level;                     /* 0 error, 1 warn, 2 info, 3 debug */
+    kv_store_conf *stores;             /* owned array */
     size_t nstores;
     srv_pubsub_conf pubsub;
 } srv_config;
 
 /* What srv_config_load() decided. */
 enum srv_config_result {
-    SRV_CONFIG_OK = 0,     /* cfg is ready */
-    SRV_CONFIG_EXIT = 1,   /* --help or --version was printed: exit 0 */
-    SRV_CONFIG_BAD = 2,    /* err holds the one-line reason: exit 2 */
+    SRV_CONFIG_OK = 0,   /* cfg is ready */
+    SRV_CONFIG_EXIT = 1, /* --help or --version was printed: exit 0 */
+    SRV_CONFIG_BAD = 2,  /* err holds the one-line reason: exit 2 */
 };
 
 /*

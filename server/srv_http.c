@@ -30,7 +30,7 @@
 #include "server/srv_log.h"
 
 #define SRV_READ_BUF_BYTES 65536
-#define SRV_HDR_NAME_MAX 32    /* longer names are none we want */
+#define SRV_HDR_NAME_MAX 32 /* longer names are none we want */
 #define SRV_LISTEN_BACKLOG 511
 #define SRV_RETRY_AFTER_S 1
 
@@ -47,28 +47,28 @@ struct srv_server {
     const srv_route *routes;
     size_t nroutes;
     void *app;
-    srv_conn *conns;          /* doubly linked list of open connections */
+    srv_conn *conns; /* doubly linked list of open connections */
     srv_http_stats stats;
     bool draining;
-    unsigned pending_closes;  /* handles closing in srv_server_free */
+    unsigned pending_closes; /* handles closing in srv_server_free */
     uv_timer_t grace_timer;
     void (*drained)(void *ud);
     void *drained_ud;
 };
 
 struct srv_conn {
-    uv_tcp_t tcp;             /* first: handle pointers cast back to conn */
+    uv_tcp_t tcp; /* first: handle pointers cast back to conn */
     srv_server *srv;
     srv_conn *prev, *next;
     http_parser parser;
-    bool closing;             /* uv_close called */
-    bool closed;              /* close callback ran */
-    bool close_after_write;   /* the stream cannot carry another request */
-    bool waiting;             /* a handler answer is pending */
-    bool responded;           /* the current request has been answered */
+    bool closing;           /* uv_close called */
+    bool closed;            /* close callback ran */
+    bool close_after_write; /* the stream cannot carry another request */
+    bool waiting;           /* a handler answer is pending */
+    bool responded;         /* the current request has been answered */
     bool reading;
     unsigned writes_in_flight;
-    const srv_proto *proto;   /* set once upgraded; HTTP parsing stops */
+    const srv_proto *proto; /* set once upgraded; HTTP parsing stops */
     void *proto_ud;
 
     /* the request being parsed */
@@ -77,12 +77,12 @@ struct srv_conn {
     size_t header_bytes;
     char field[SRV_HDR_NAME_MAX + 1];
     size_t field_len;
-    int cur_hdr;              /* index of the wanted header, -1 = none */
+    int cur_hdr; /* index of the wanted header, -1 = none */
     bool in_value;
     char hdr[SRV_HDR__COUNT][SRV_HDR_VALUE_MAX + 1];
     size_t hdr_len[SRV_HDR__COUNT];
     bool hdr_seen[SRV_HDR__COUNT];
-    int reject_status;        /* set by a callback that refuses the request */
+    int reject_status; /* set by a callback that refuses the request */
     const char *reject_code;
     const char *reject_msg;
 
@@ -91,8 +91,8 @@ struct srv_conn {
     kv_bytes path, query;
     kv_bytes caps[SRV_ROUTE_CAPS];
 
-    srv_buf pending;          /* read but not yet parsed (while waiting) */
-    srv_buf out;              /* answered but not yet written */
+    srv_buf pending; /* read but not yet parsed (while waiting) */
+    srv_buf out;     /* answered but not yet written */
     char rbuf[SRV_READ_BUF_BYTES];
 };
 
@@ -166,25 +166,44 @@ static void buf_free(srv_buf *b)
 static const char *status_text(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 426: return "Upgrade Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Status";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 426:
+        return "Upgrade Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Status";
     }
 }
 
@@ -233,8 +252,8 @@ void srv_respond(srv_conn *c, int status, const char *content_type,
         }
         if (!c->closing && !c->waiting && !c->reading &&
             !c->close_after_write) {
-            c->reading = uv_read_start((uv_stream_t *)&c->tcp,
-                                       on_alloc, on_read) == 0;
+            c->reading =
+                uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
             if (!c->reading)
                 conn_close(c);
         }
@@ -262,8 +281,8 @@ void srv_respond_error(srv_conn *c, int status, const char *code,
     } else {
         static const char fallback[] =
             "{\"error\":\"internal\",\"message\":\"out of memory\"}";
-        srv_respond(c, 503, "application/json", "Retry-After: 1\r\n",
-                    fallback, sizeof fallback - 1);
+        srv_respond(c, 503, "application/json", "Retry-After: 1\r\n", fallback,
+                    sizeof fallback - 1);
     }
     free(body);
     json_decref(j);
@@ -279,9 +298,18 @@ void srv_respond_kv_error(srv_conn *c, int code, const kv_err *err)
 /* ------------------------------------------------------------------ */
 /* Accessors for handlers                                               */
 
-void *srv_conn_app(const srv_conn *c) { return c->srv->app; }
-unsigned srv_req_method(const srv_conn *c) { return c->method; }
-kv_bytes srv_req_query(const srv_conn *c) { return c->query; }
+void *srv_conn_app(const srv_conn *c)
+{
+    return c->srv->app;
+}
+unsigned srv_req_method(const srv_conn *c)
+{
+    return c->method;
+}
+kv_bytes srv_req_query(const srv_conn *c)
+{
+    return c->query;
+}
 
 kv_bytes srv_req_cap(const srv_conn *c, int i)
 {
@@ -778,8 +806,8 @@ srv_server *srv_server_new(uv_loop_t *loop, const srv_limits *limits,
     return s;
 }
 
-int srv_server_listen(srv_server *s, const char *host, unsigned port,
-                      char *err, size_t errlen)
+int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,
+                      size_t errlen)
 {
     struct sockaddr_storage addr;
     int rc;

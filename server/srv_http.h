@@ -43,7 +43,7 @@ enum srv_hdr {
 #define SRV__HDR_ENUM(id, name) SRV_HDR_##id,
     SRV_HDR_MAP(SRV__HDR_ENUM)
 #undef SRV__HDR_ENUM
-    SRV_HDR__COUNT
+        SRV_HDR__COUNT
 };
 
 #define SRV_HDR_VALUE_MAX 512 /* bytes kept per wanted header */
@@ -59,7 +59,7 @@ typedef struct srv_limits {
 typedef struct srv_http_stats {
     uint64_t connections_total;
     uint64_t connections_open;
-    uint64_t responses[6]; /* index = status / 100; [0] unused */
+    uint64_t responses[6];      /* index = status / 100; [0] unused */
     uint64_t requests_rejected; /* refused while parsing (limits, syntax) */
 } srv_http_stats;
 
@@ -72,8 +72,8 @@ srv_server *srv_server_new(struct uv_loop_s *loop, const srv_limits *limits,
 
 /* Binds host:port and listens. Returns 0 or a negative libuv error, with a
  * sentence in err. */
-int srv_server_listen(srv_server *s, const char *host, unsigned port,
-                      char *err, size_t errlen);
+int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,
+                      size_t errlen);
 
 /*
  * Stops accepting, closes idle connections at once and busy ones after

@@ -34,7 +34,9 @@ void srv_log(int level, const char *fmt, ...)
     gmtime_r(&ts.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(stderr, "%s.%03ldZ %s ", stamp, ts.tv_nsec / 1000000L,
-            names[level < 0 ? 0 : level > 3 ? 3 : level]);
+            names[level < 0   ? 0
+                  : level > 3 ? 3
+                              : level]);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);

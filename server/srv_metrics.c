@@ -83,11 +83,13 @@ static void render_store_ops(text *t, const kv_store *s)
             "kvbus_request_duration_seconds_bucket{store=\"%s\",op=\"%s\","
             "le=\"+Inf\"} %llu\n",
             name, opn, (unsigned long long)st->calls);
-        put(t, "kvbus_request_duration_seconds_sum{store=\"%s\",op=\"%s\"} "
-               "%.6f\n",
+        put(t,
+            "kvbus_request_duration_seconds_sum{store=\"%s\",op=\"%s\"} "
+            "%.6f\n",
             name, opn, (double)st->latency_us_sum / 1e6);
-        put(t, "kvbus_request_duration_seconds_count{store=\"%s\",op=\"%s\"} "
-               "%llu\n",
+        put(t,
+            "kvbus_request_duration_seconds_count{store=\"%s\",op=\"%s\"} "
+            "%llu\n",
             name, opn, (unsigned long long)st->calls);
     }
 }
@@ -99,34 +101,35 @@ static void render_pubsub(text *t, const srv_app *app)
     ps_bus_stats bs;
 
     ps_bus_stats_get(app->bus, &bs);
-    put(t, "# HELP kvbus_pubsub_published_total Messages published here.\n"
-           "# TYPE kvbus_pubsub_published_total counter\n"
-           "kvbus_pubsub_published_total %llu\n"
-           "# HELP kvbus_pubsub_received_total Messages from other nodes.\n"
-           "# TYPE kvbus_pubsub_received_total counter\n"
-           "kvbus_pubsub_received_total %llu\n"
-           "# HELP kvbus_pubsub_delivered_total Deliveries to subscribers.\n"
-           "# TYPE kvbus_pubsub_delivered_total counter\n"
-           "kvbus_pubsub_delivered_total %llu\n"
-           "# HELP kvbus_pubsub_dropped_total Messages dropped for slow "
-           "consumers.\n"
-           "# TYPE kvbus_pubsub_dropped_total counter\n"
-           "kvbus_pubsub_dropped_total %llu\n"
-           "# HELP kvbus_pubsub_subscriptions Patterns held by subscribers.\n"
-           "# TYPE kvbus_pubsub_subscriptions gauge\n"
-           "kvbus_pubsub_subscriptions %llu\n"
-           "# HELP kvbus_pubsub_provider_up 1 while the provider answers.\n"
-           "# TYPE kvbus_pubsub_provider_up gauge\n"
-           "kvbus_pubsub_provider_up{provider=\"%s\"} %d\n"
-           "# HELP kvbus_ws_connections_open Open WebSocket connections.\n"
-           "# TYPE kvbus_ws_connections_open gauge\n"
-           "kvbus_ws_connections_open %llu\n"
-           "# HELP kvbus_ws_connections_total WebSocket connections accepted.\n"
-           "# TYPE kvbus_ws_connections_total counter\n"
-           "kvbus_ws_connections_total %llu\n"
-           "# HELP kvbus_ws_slow_closed_total Connections closed with 1008.\n"
-           "# TYPE kvbus_ws_slow_closed_total counter\n"
-           "kvbus_ws_slow_closed_total %llu\n",
+    put(t,
+        "# HELP kvbus_pubsub_published_total Messages published here.\n"
+        "# TYPE kvbus_pubsub_published_total counter\n"
+        "kvbus_pubsub_published_total %llu\n"
+        "# HELP kvbus_pubsub_received_total Messages from other nodes.\n"
+        "# TYPE kvbus_pubsub_received_total counter\n"
+        "kvbus_pubsub_received_total %llu\n"
+        "# HELP kvbus_pubsub_delivered_total Deliveries to subscribers.\n"
+        "# TYPE kvbus_pubsub_delivered_total counter\n"
+        "kvbus_pubsub_delivered_total %llu\n"
+        "# HELP kvbus_pubsub_dropped_total Messages dropped for slow "
+        "consumers.\n"
+        "# TYPE kvbus_pubsub_dropped_total counter\n"
+        "kvbus_pubsub_dropped_total %llu\n"
+        "# HELP kvbus_pubsub_subscriptions Patterns held by subscribers.\n"
+        "# TYPE kvbus_pubsub_subscriptions gauge\n"
+        "kvbus_pubsub_subscriptions %llu\n"
+        "# HELP kvbus_pubsub_provider_up 1 while the provider answers.\n"
+        "# TYPE kvbus_pubsub_provider_up gauge\n"
+        "kvbus_pubsub_provider_up{provider=\"%s\"} %d\n"
+        "# HELP kvbus_ws_connections_open Open WebSocket connections.\n"
+        "# TYPE kvbus_ws_connections_open gauge\n"
+        "kvbus_ws_connections_open %llu\n"
+        "# HELP kvbus_ws_connections_total WebSocket connections accepted.\n"
+        "# TYPE kvbus_ws_connections_total counter\n"
+        "kvbus_ws_connections_total %llu\n"
+        "# HELP kvbus_ws_slow_closed_total Connections closed with 1008.\n"
+        "# TYPE kvbus_ws_slow_closed_total counter\n"
+        "kvbus_ws_slow_closed_total %llu\n",
         (unsigned long long)bs.published, (unsigned long long)bs.received,
         (unsigned long long)bs.delivered, (unsigned long long)ws->dropped,
         (unsigned long long)bs.subscriptions, ps_bus_provider_name(app->bus),
@@ -187,17 +190,18 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
             (unsigned long long)bs.bytes);
     }
 
-    put(&t, "# HELP kvbus_http_connections_open Open client connections.\n"
-            "# TYPE kvbus_http_connections_open gauge\n"
-            "kvbus_http_connections_open %llu\n"
-            "# HELP kvbus_http_connections_total Connections accepted.\n"
-            "# TYPE kvbus_http_connections_total counter\n"
-            "kvbus_http_connections_total %llu\n"
-            "# HELP kvbus_http_rejected_total Requests refused while parsing.\n"
-            "# TYPE kvbus_http_rejected_total counter\n"
-            "kvbus_http_rejected_total %llu\n"
-            "# HELP kvbus_http_responses_total Responses by status class.\n"
-            "# TYPE kvbus_http_responses_total counter\n",
+    put(&t,
+        "# HELP kvbus_http_connections_open Open client connections.\n"
+        "# TYPE kvbus_http_connections_open gauge\n"
+        "kvbus_http_connections_open %llu\n"
+        "# HELP kvbus_http_connections_total Connections accepted.\n"
+        "# TYPE kvbus_http_connections_total counter\n"
+        "kvbus_http_connections_total %llu\n"
+        "# HELP kvbus_http_rejected_total Requests refused while parsing.\n"
+        "# TYPE kvbus_http_rejected_total counter\n"
+        "kvbus_http_rejected_total %llu\n"
+        "# HELP kvbus_http_responses_total Responses by status class.\n"
+        "# TYPE kvbus_http_responses_total counter\n",
         (unsigned long long)hs->connections_open,
         (unsigned long long)hs->connections_total,
         (unsigned long long)hs->requests_rejected);
@@ -205,12 +209,13 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
         put(&t, "kvbus_http_responses_total{code=\"%dxx\"} %llu\n", cls,
             (unsigned long long)hs->responses[cls]);
     render_pubsub(&t, app);
-    put(&t, "# HELP kvbus_uptime_seconds Seconds since start.\n"
-            "# TYPE kvbus_uptime_seconds gauge\n"
-            "kvbus_uptime_seconds %llu\n"
-            "# HELP kvbus_resident_memory_bytes Resident set size.\n"
-            "# TYPE kvbus_resident_memory_bytes gauge\n"
-            "kvbus_resident_memory_bytes %ld\n",
+    put(&t,
+        "# HELP kvbus_uptime_seconds Seconds since start.\n"
+        "# TYPE kvbus_uptime_seconds gauge\n"
+        "kvbus_uptime_seconds %llu\n"
+        "# HELP kvbus_resident_memory_bytes Resident set size.\n"
+        "# TYPE kvbus_resident_memory_bytes gauge\n"
+        "kvbus_resident_memory_bytes %ld\n",
         (unsigned long long)(time(NULL) - (time_t)(app->started_ms / 1000)),
         resident_bytes());
     if (t.failed) {

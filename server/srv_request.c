@@ -10,12 +10,18 @@
 unsigned srv_method_bit(unsigned m)
 {
     switch (m) {
-    case HTTP_GET: return SRV_GET;
-    case HTTP_HEAD: return SRV_HEAD;
-    case HTTP_PUT: return SRV_PUT;
-    case HTTP_POST: return SRV_POST;
-    case HTTP_DELETE: return SRV_DELETE;
-    default: return SRV_OTHER;
+    case HTTP_GET:
+        return SRV_GET;
+    case HTTP_HEAD:
+        return SRV_HEAD;
+    case HTTP_PUT:
+        return SRV_PUT;
+    case HTTP_POST:
+        return SRV_POST;
+    case HTTP_DELETE:
+        return SRV_DELETE;
+    default:
+        return SRV_OTHER;
     }
 }
 
@@ -138,8 +144,8 @@ static bool pattern_match(const char *pat, kv_bytes path,
 }
 
 srv_match srv_route_find(const srv_route *routes, size_t nroutes,
-                         unsigned method, kv_bytes path,
-                         const srv_route **out, kv_bytes caps[SRV_ROUTE_CAPS])
+                         unsigned method, kv_bytes path, const srv_route **out,
+                         kv_bytes caps[SRV_ROUTE_CAPS])
 {
     bool path_seen = false;
     size_t i;

@@ -37,8 +37,8 @@ struct srv_conn;
  */
 typedef struct srv_route {
     const char *pattern;
-    unsigned methods;                     /* SRV_GET | SRV_HEAD ... */
-    void (*handler)(struct srv_conn *c);  /* NULL in unit tests */
+    unsigned methods;                    /* SRV_GET | SRV_HEAD ... */
+    void (*handler)(struct srv_conn *c); /* NULL in unit tests */
 } srv_route;
 
 typedef enum srv_match {
@@ -52,8 +52,8 @@ typedef enum srv_match {
  * method. caps receives the raw (still encoded) captures in pattern order.
  */
 srv_match srv_route_find(const srv_route *routes, size_t nroutes,
-                         unsigned method, kv_bytes path,
-                         const srv_route **out, kv_bytes caps[SRV_ROUTE_CAPS]);
+                         unsigned method, kv_bytes path, const srv_route **out,
+                         kv_bytes caps[SRV_ROUTE_CAPS]);
 
 /* The srv_method bit for an http_parser method number. */
 unsigned srv_method_bit(unsigned http_parser_method);

@@ -19,8 +19,8 @@
 #include "server/srv_app.h"
 #include "server/srv_log.h"
 
-#define KEY_STACK_BYTES 2048   /* decoded keys up to this skip malloc */
-#define QUERY_VALUE_MAX 4096   /* longest query parameter value read */
+#define KEY_STACK_BYTES 2048 /* decoded keys up to this skip malloc */
+#define QUERY_VALUE_MAX 4096 /* longest query parameter value read */
 
 static kv_registry *registry_of(srv_conn *c)
 {
@@ -342,8 +342,8 @@ static void keys_done(int status, const kv_reply *rep, const kv_err *err,
     j = json_object();
     arr = json_array();
     for (i = 0; j && arr && i < rep->nkeys; i++)
-        json_array_append_new(arr, json_stringn(rep->keys[i].ptr,
-                                                rep->keys[i].len));
+        json_array_append_new(arr,
+                              json_stringn(rep->keys[i].ptr, rep->keys[i].len));
     json_object_set_new(j, "keys", arr);
     if (rep->cursor.len)
         json_object_set_new(j, "cursor",
@@ -483,8 +483,8 @@ static void handle_store(srv_conn *c)
             return;
         }
         req.cursor = (kv_bytes){cursor, n < 0 ? 0 : (size_t)n};
-        if (!query_int(c, "limit", KV_KEYS_LIMIT_DEFAULT, 1,
-                       KV_KEYS_LIMIT_MAX, &limit))
+        if (!query_int(c, "limit", KV_KEYS_LIMIT_DEFAULT, 1, KV_KEYS_LIMIT_MAX,
+                       &limit))
             return;
         req.limit = (size_t)limit;
         call_or_fail(c, s, &req, keys_done);
@@ -525,16 +525,18 @@ static void handle_publish(srv_conn *c)
     }
     n = srv_pct_decode(raw, false, topic);
     if (n < 0) {
-        srv_respond_error(c, 400, "bad_topic", "topic has a bad percent-escape");
+        srv_respond_error(c, 400, "bad_topic",
+                          "topic has a bad percent-escape");
         return;
     }
     if (ps_publish(app->bus, topic, (size_t)n, body.ptr, body.len, &m, &err)) {
         srv_respond_kv_error(c, err.code, &err);
         return;
     }
-    respond_json(c, 202, json_pack("{s:s#, s:s, s:I}", "topic", m.topic,
-                                   (int)m.topic_len, "node", m.node, "seq",
-                                   (json_int_t)m.seq));
+    respond_json(c, 202,
+                 json_pack("{s:s#, s:s, s:I}", "topic", m.topic,
+                           (int)m.topic_len, "node", m.node, "seq",
+                           (json_int_t)m.seq));
 }
 
 /* GET /v1/topics: every tracked topic and pattern with its counters. */
@@ -546,15 +548,15 @@ static void handle_topics(srv_conn *c)
     size_t i;
 
     for (i = 0; arr && ps_bus_topic_at(app->bus, i, &ts); i++)
-        json_array_append_new(arr, json_pack("{s:s, s:I, s:I, s:f}", "name",
-                                             ts.name, "subscribers",
-                                             (json_int_t)ts.subscribers,
-                                             "published",
-                                             (json_int_t)ts.published,
-                                             "rate", ts.rate));
-    respond_json(c, 200, json_pack("{s:o, s:s, s:s}", "topics", arr, "node",
-                                   ps_bus_node_id(app->bus), "provider",
-                                   ps_bus_provider_name(app->bus)));
+        json_array_append_new(
+            arr,
+            json_pack("{s:s, s:I, s:I, s:f}", "name", ts.name, "subscribers",
+                      (json_int_t)ts.subscribers, "published",
+                      (json_int_t)ts.published, "rate", ts.rate));
+    respond_json(c, 200,
+                 json_pack("{s:o, s:s, s:s}", "topics", arr, "node",
+                           ps_bus_node_id(app->bus), "provider",
+                           ps_bus_provider_name(app->bus)));
 }
 
 static void handle_ws(srv_conn *c)
@@ -576,10 +578,9 @@ static json_t *stores_json(kv_registry *reg, bool *all_healthy)
     for (i = 0; arr && (s = kv_registry_at(reg, i)); i++) {
         bool ok = kv_store_healthy(s);
         *all_healthy = *all_healthy && ok;
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:b}", "name",
-                                             kv_store_name(s), "backend",
-                                             kv_store_backend_name(s),
-                                             "healthy", ok));
+        json_array_append_new(
+            arr, json_pack("{s:s, s:s, s:b}", "name", kv_store_name(s),
+                           "backend", kv_store_backend_name(s), "healthy", ok));
     }
     return arr;
 }
@@ -588,8 +589,9 @@ static void handle_stores(srv_conn *c)
 {
     bool healthy;
 
-    respond_json(c, 200, json_pack("{s:o}", "stores",
-                                   stores_json(registry_of(c), &healthy)));
+    respond_json(
+        c, 200,
+        json_pack("{s:o}", "stores", stores_json(registry_of(c), &healthy)));
 }
 
 static void handle_healthz(srv_conn *c)
@@ -605,9 +607,9 @@ static void handle_readyz(srv_conn *c)
     srv_app *app = srv_conn_app(c);
     bool healthy, bus_ok = ps_bus_healthy(app->bus);
     json_t *stores = stores_json(app->reg, &healthy);
-    json_t *pubsub = json_pack("{s:s, s:b}", "provider",
-                               ps_bus_provider_name(app->bus), "healthy",
-                               bus_ok);
+    json_t *pubsub =
+        json_pack("{s:s, s:b}", "provider", ps_bus_provider_name(app->bus),
+                  "healthy", bus_ok);
 
     healthy = healthy && bus_ok;
 
@@ -625,8 +627,8 @@ static void handle_metrics(srv_conn *c)
         srv_respond_error(c, 503, "no_memory", "out of memory");
         return;
     }
-    srv_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
-                text, len);
+    srv_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text,
+                len);
     free(text);
 }
 

@@ -32,10 +32,12 @@
 #include "server/srv_ws.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_WRITE_WATERMARK (64 * 1024) /* bytes waiting in uv before we hold */
-#define WS_CHECK_INTERVAL_MS 250       /* stall and close-deadline checks */
-#define WS_CLOSE_GRACE_MS 1000         /* time for a close frame to leave */
-#define WS_HARD_FRAME_FACTOR 4         /* frames past limit*4 fail the conn */
+#define WS_WRITE_WATERMARK                                                     \
+    (64 * 1024)                  /* bytes waiting in uv before we hold         \
+                                  */
+#define WS_CHECK_INTERVAL_MS 250 /* stall and close-deadline checks */
+#define WS_CLOSE_GRACE_MS 1000   /* time for a close frame to leave */
+#define WS_HARD_FRAME_FACTOR 4   /* frames past limit*4 fail the conn */
 #define WS_CLOSE_POLICY 1008
 #define WS_CLOSE_GOING_AWAY 1001
 
@@ -48,7 +50,7 @@ struct srv_ws_hub {
     srv_ws_stats stats;
     ws_conn *conns;
     uv_timer_t check_timer;
-    bool freeing;              /* srv_ws_hub_free was called */
+    bool freeing; /* srv_ws_hub_free was called */
     bool timer_closed;
     /* the last message encoded, reused for every subscriber of it */
     char cache_node[PS_NODE_ID_MAX + 1];
@@ -64,10 +66,10 @@ struct ws_conn {
     wslay_event_context_ptr ws;
     ps_sub *sub;
     ps_queue *queue;
-    uint64_t dropped_pending;  /* to report in the next dropped frame */
-    uint64_t stalled_since;    /* ms; 0 = not dropping */
-    uint64_t close_deadline;   /* ms; 0 = not closing */
-    const char *in;            /* bytes being fed to wslay */
+    uint64_t dropped_pending; /* to report in the next dropped frame */
+    uint64_t stalled_since;   /* ms; 0 = not dropping */
+    uint64_t close_deadline;  /* ms; 0 = not closing */
+    const char *in;           /* bytes being fed to wslay */
     size_t in_len;
 };
 
@@ -118,11 +120,11 @@ static void ws_reply(ws_conn *w, json_t *obj, json_t *id)
     json_decref(obj);
 }
 
-static void ws_error(ws_conn *w, json_t *id, const char *code,
-                     const char *msg)
+static void ws_error(ws_conn *w, json_t *id, const char *code, const char *msg)
 {
-    ws_reply(w, json_pack("{s:s, s:s, s:s}", "type", "error", "error", code,
-                          "message", msg),
+    ws_reply(w,
+             json_pack("{s:s, s:s, s:s}", "type", "error", "error", code,
+                       "message", msg),
              id);
 }
 
@@ -175,8 +177,8 @@ static ssize_t on_ws_send(wslay_event_context_ptr ctx, const uint8_t *data,
     return (ssize_t)len;
 }
 
-static ssize_t on_ws_recv(wslay_event_context_ptr ctx, uint8_t *buf,
-                          size_t len, int flags, void *ud)
+static ssize_t on_ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                          int flags, void *ud)
 {
     ws_conn *w = ud;
 
@@ -237,10 +239,9 @@ static const char *encode_message(srv_ws_hub *hub, const ps_message *m,
         data_key = "data_b64";
         free(b64);
     }
-    o = json_pack("{s:s, s:s#, s:o, s:s, s:I, s:I}", "type", "message",
-                  "topic", m->topic, (int)m->topic_len, data_key, data,
-                  "node", m->node, "seq", (json_int_t)m->seq, "ts",
-                  (json_int_t)m->ts_ms);
+    o = json_pack("{s:s, s:s#, s:o, s:s, s:I, s:I}", "type", "message", "topic",
+                  m->topic, (int)m->topic_len, data_key, data, "node", m->node,
+                  "seq", (json_int_t)m->seq, "ts", (json_int_t)m->ts_ms);
     hub->cache_json = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!hub->cache_json)
@@ -267,8 +268,9 @@ static void on_sub_reset(ps_sub *sub, const char *pattern, const char *reason,
                          void *ud)
 {
     (void)sub;
-    ws_reply(ud, json_pack("{s:s, s:s, s:s}", "type", "reset", "topic",
-                           pattern, "reason", reason),
+    ws_reply(ud,
+             json_pack("{s:s, s:s, s:s}", "type", "reset", "topic", pattern,
+                       "reason", reason),
              NULL);
 }
 
@@ -296,7 +298,8 @@ static json_t *frame_topics(ws_conn *w, json_t *frame, json_t *id)
                  "\"topics\" must be a non-empty array of strings");
         return NULL;
     }
-    json_array_foreach(topics, i, t) {
+    json_array_foreach(topics, i, t)
+    {
         if (!json_is_string(t) ||
             ps_check_pattern(json_string_value(t), json_string_length(t),
                              &err) != 0) {
@@ -322,15 +325,15 @@ static void op_subscribe(ws_conn *w, json_t *frame, json_t *id)
         ws_error(w, id, "limit", "too many subscriptions on this connection");
         return;
     }
-    json_array_foreach(topics, i, t) {
+    json_array_foreach(topics, i, t)
+    {
         if (ps_subscribe(w->sub, json_string_value(t), json_string_length(t),
                          &err) != 0) {
             ws_error(w, id, kv_errcode(err.code), err.msg);
             return;
         }
     }
-    ws_reply(w, json_pack("{s:s, s:O}", "type", "subscribed", "topics",
-                          topics),
+    ws_reply(w, json_pack("{s:s, s:O}", "type", "subscribed", "topics", topics),
              id);
 }
 
@@ -343,8 +346,8 @@ static void op_unsubscribe(ws_conn *w, json_t *frame, json_t *id)
         return;
     json_array_foreach(topics, i, t)
         ps_unsubscribe(w->sub, json_string_value(t), json_string_length(t));
-    ws_reply(w, json_pack("{s:s, s:O}", "type", "unsubscribed", "topics",
-                          topics),
+    ws_reply(w,
+             json_pack("{s:s, s:O}", "type", "unsubscribed", "topics", topics),
              id);
 }
 
@@ -407,9 +410,9 @@ static void op_publish(ws_conn *w, json_t *frame, json_t *id)
                    json_string_length(topic), payload, len, &m, &err) != 0)
         ws_error(w, id, kv_errcode(err.code), err.msg);
     else
-        ws_reply(w, json_pack("{s:s, s:s#, s:I}", "type", "published",
-                              "topic", m.topic, (int)m.topic_len, "seq",
-                              (json_int_t)m.seq),
+        ws_reply(w,
+                 json_pack("{s:s, s:s#, s:I}", "type", "published", "topic",
+                           m.topic, (int)m.topic_len, "seq", (json_int_t)m.seq),
                  id);
     free(bytes);
 }
@@ -595,8 +598,8 @@ void srv_ws_accept(srv_ws_hub *hub, srv_conn *c)
     w = calloc(1, sizeof *w);
     if (!w || wslay_event_context_server_init(&w->ws, &ws_callbacks, w) ||
         !(w->queue = ps_queue_new(hub->limits.queue_bytes)) ||
-        !(w->sub = ps_sub_new(hub->bus, &sub_cbs, w,
-                              hub->limits.max_patterns))) {
+        !(w->sub =
+              ps_sub_new(hub->bus, &sub_cbs, w, hub->limits.max_patterns))) {
         if (w) {
             ps_queue_free(w->queue);
             if (w->ws)

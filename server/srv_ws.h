@@ -19,10 +19,10 @@ struct uv_loop_s;
 typedef struct srv_ws_hub srv_ws_hub;
 
 typedef struct srv_ws_limits {
-    size_t queue_bytes;      /* outbound frames kept per connection */
-    uint32_t stall_ms;       /* still dropping after this long: close 1008 */
-    size_t max_frame_bytes;  /* largest client frame read */
-    size_t max_patterns;     /* subscriptions per connection */
+    size_t queue_bytes;     /* outbound frames kept per connection */
+    uint32_t stall_ms;      /* still dropping after this long: close 1008 */
+    size_t max_frame_bytes; /* largest client frame read */
+    size_t max_patterns;    /* subscriptions per connection */
 } srv_ws_limits;
 
 /* Counters for /metrics. */
@@ -31,8 +31,8 @@ typedef struct srv_ws_stats {
     uint64_t connections_total;
     uint64_t frames_in;
     uint64_t frames_out;
-    uint64_t dropped;        /* messages dropped for slow consumers */
-    uint64_t closed_slow;    /* connections closed with 1008 */
+    uint64_t dropped;     /* messages dropped for slow consumers */
+    uint64_t closed_slow; /* connections closed with 1008 */
 } srv_ws_stats;
 
 /* The WebSocket side of one server, on bus. NULL when memory runs out. */

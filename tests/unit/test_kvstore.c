@@ -285,7 +285,7 @@ TEST(check_key__one_byte_over_max__is_bad_key)
 
 TEST(check_key__overlong_encodings__are_bad_keys)
 {
-    assert_int_equal(t_key_rc(B("\xc0\xaf"), 16), KV_EKEY);         /* '/' */
+    assert_int_equal(t_key_rc(B("\xc0\xaf"), 16), KV_EKEY); /* '/' */
     assert_int_equal(t_key_rc(B("\xc1\xbf"), 16), KV_EKEY);
     assert_int_equal(t_key_rc(B("\xe0\x80\xaf"), 16), KV_EKEY);     /* '/' */
     assert_int_equal(t_key_rc(B("\xe0\x9f\xbf"), 16), KV_EKEY);     /* U+07FF */
@@ -309,7 +309,7 @@ TEST(check_key__truncated_or_stray_bytes__are_bad_keys)
     assert_int_equal(t_key_rc(B("a\xe2\x82"), 16), KV_EKEY);
     assert_int_equal(t_key_rc(B("\xf0\x9f\x98"), 16), KV_EKEY);
     assert_int_equal(t_key_rc(B("\xe2\x82x"), 16), KV_EKEY);
-    assert_int_equal(t_key_rc(B("\x80"), 16), KV_EKEY);     /* continuation */
+    assert_int_equal(t_key_rc(B("\x80"), 16), KV_EKEY); /* continuation */
     assert_int_equal(t_key_rc(B("\xff"), 16), KV_EKEY);
     assert_int_equal(t_key_rc(B("\xf4\x90\x80\x80"), 16), KV_EKEY); /* 110000 */
     assert_int_equal(t_key_rc(B("\xf5\x80\x80\x80"), 16), KV_EKEY);
@@ -317,9 +317,9 @@ TEST(check_key__truncated_or_stray_bytes__are_bad_keys)
 
 TEST(check_key__control_characters__are_bad_keys)
 {
-    assert_int_equal(t_key_rc(B("a\0b"), 16), KV_EKEY);      /* U+0000 */
+    assert_int_equal(t_key_rc(B("a\0b"), 16), KV_EKEY); /* U+0000 */
     assert_int_equal(t_key_rc(B("\0"), 16), KV_EKEY);
-    assert_int_equal(t_key_rc(B("a\x1f"), 16), KV_EKEY);     /* U+001F */
+    assert_int_equal(t_key_rc(B("a\x1f"), 16), KV_EKEY); /* U+001F */
     assert_int_equal(t_key_rc(B("a\tb"), 16), KV_EKEY);
     assert_int_equal(t_key_rc(B("a\nb"), 16), KV_EKEY);
     assert_int_equal(t_key_rc(B("\x7f"), 16), KV_EKEY);      /* U+007F */
@@ -327,18 +327,18 @@ TEST(check_key__control_characters__are_bad_keys)
     assert_int_equal(t_key_rc(B("\xc2\x80"), 16), KV_EKEY);  /* U+0080 */
     assert_int_equal(t_key_rc(B("\xc2\x9f"), 16), KV_EKEY);  /* U+009F */
     /* Their neighbours are ordinary characters. */
-    assert_int_equal(t_key_rc(B(" "), 16), 0);               /* U+0020 */
-    assert_int_equal(t_key_rc(B("~"), 16), 0);               /* U+007E */
-    assert_int_equal(t_key_rc(B("\xc2\xa0"), 16), 0);        /* U+00A0 */
+    assert_int_equal(t_key_rc(B(" "), 16), 0);        /* U+0020 */
+    assert_int_equal(t_key_rc(B("~"), 16), 0);        /* U+007E */
+    assert_int_equal(t_key_rc(B("\xc2\xa0"), 16), 0); /* U+00A0 */
 }
 
 TEST(check_key__multibyte_and_emoji__are_accepted)
 {
-    assert_int_equal(t_key_rc(B("caf\xc3\xa9"), 16), 0);         /* é */
-    assert_int_equal(t_key_rc(B("\xe2\x82\xac"), 16), 0);        /* € */
+    assert_int_equal(t_key_rc(B("caf\xc3\xa9"), 16), 0);  /* é */
+    assert_int_equal(t_key_rc(B("\xe2\x82\xac"), 16), 0); /* € */
     assert_int_equal(t_key_rc(B("\xe6\x97\xa5\xe6\x9c\xac"), 16), 0);
-    assert_int_equal(t_key_rc(B("\xf0\x9f\x98\x80"), 16), 0);    /* 😀 */
-    assert_int_equal(t_key_rc(B("\xf4\x8f\xbf\xbf"), 16), 0);    /* 10FFFF */
+    assert_int_equal(t_key_rc(B("\xf0\x9f\x98\x80"), 16), 0); /* 😀 */
+    assert_int_equal(t_key_rc(B("\xf4\x8f\xbf\xbf"), 16), 0); /* 10FFFF */
     assert_int_equal(t_key_rc(B("a/b:c"), 16), 0);
 }
 
@@ -449,8 +449,22 @@ TEST(parse_int64__one_past_either_bound__is_not_an_integer)
 TEST(parse_int64__non_canonical_text__is_not_an_integer)
 {
     static const char *const bad[] = {
-        "01", "-0", "+1", " 1", "1 ", "", "-", "00", "-01", "1a", "a",
-        "0x10", "1e3", "1.0", "--1", "- 1",
+        "01",
+        "-0",
+        "+1",
+        " 1",
+        "1 ",
+        "",
+        "-",
+        "00",
+        "-01",
+        "1a",
+        "a",
+        "0x10",
+        "1e3",
+        "1.0",
+        "--1",
+        "- 1",
         "000000000000000000001", /* 21 characters */
         "-00000000000000000001", /* 21 characters */
     };
@@ -468,8 +482,18 @@ TEST(parse_int64__non_canonical_text__is_not_an_integer)
 TEST(format_int64__values__round_trip_through_parse)
 {
     static const int64_t values[] = {
-        0, 1, -1, 9, 10, -10, 579, 1234567890123LL, INT64_MAX, INT64_MIN,
-        INT64_MAX - 1, INT64_MIN + 1,
+        0,
+        1,
+        -1,
+        9,
+        10,
+        -10,
+        579,
+        1234567890123LL,
+        INT64_MAX,
+        INT64_MIN,
+        INT64_MAX - 1,
+        INT64_MIN + 1,
     };
     char buf[KV_INT_TEXT_MAX + 1];
     size_t i, n;
@@ -594,8 +618,10 @@ TEST(op_name__each_op__has_its_metric_name)
 
 TEST(registry__configured_store__is_found_by_name)
 {
-    kv_store_conf conf = {.name = "alpha", .backend = "memory",
-                          .notify = true, .op_timeout_ms = 500};
+    kv_store_conf conf = {.name = "alpha",
+                          .backend = "memory",
+                          .notify = true,
+                          .op_timeout_ms = 500};
     kv_store *s = NULL, *again = NULL;
 
     assert_int_equal(kv_registry_add(t_reg, &conf, &t_err), 0);
@@ -607,8 +633,7 @@ TEST(registry__configured_store__is_found_by_name)
     assert_int_equal(kv_store_conf_of(s)->op_timeout_ms, 500);
     assert_true(kv_store_healthy(s));
     /* The name is (pointer, length): a longer buffer is fine. */
-    assert_int_equal(kv_registry_find(t_reg, "alphabet", 5, &again, &t_err),
-                     0);
+    assert_int_equal(kv_registry_find(t_reg, "alphabet", 5, &again, &t_err), 0);
     assert_ptr_equal(again, s);
     assert_non_null(kv_registry_at(t_reg, 0));
     assert_null(kv_registry_at(t_reg, 1));
@@ -662,8 +687,7 @@ TEST(registry__bad_store_name__is_bad_store_and_creates_nothing)
     assert_int_equal(kv_registry_find(t_reg, "a b", 3, &s, &t_err), KV_ESTORE);
     assert_int_equal(t_err.code, KV_ESTORE);
     assert_int_equal(kv_registry_find(t_reg, "", 0, &s, &t_err), KV_ESTORE);
-    assert_int_equal(kv_registry_find(t_reg, "a/b", 3, &s, &t_err),
-                     KV_ESTORE);
+    assert_int_equal(kv_registry_find(t_reg, "a/b", 3, &s, &t_err), KV_ESTORE);
     assert_int_equal(
         kv_registry_find(t_reg, long_name, sizeof long_name, &s, &t_err),
         KV_ESTORE);
@@ -804,8 +828,11 @@ TEST(store_call__value_over_limit__is_too_big_and_keeps_old_value)
     assert_int_equal(t_call(s, &req), KV_ETOOBIG);
     t_assert_value(s, B("k"), B("old"));
     /* The same through a CAS that would store it. */
-    req = (kv_req){.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                   .expected = B("old"), .has_value = true,
+    req = (kv_req){.op = KV_OP_CAS,
+                   .key = B("k"),
+                   .has_expected = true,
+                   .expected = B("old"),
+                   .has_value = true,
                    .value = {big, sizeof big}};
     assert_int_equal(t_call(s, &req), KV_ETOOBIG);
     t_assert_value(s, B("k"), B("old"));
@@ -817,16 +844,19 @@ TEST(store_call__value_over_limit__is_too_big_and_keeps_old_value)
 TEST(store_call__negative_ttl__is_invalid)
 {
     kv_store *s = t_find("s");
-    kv_req req = {.op = KV_OP_PUT, .key = B("k"), .value = B("v"),
-                  .ttl_s = -1};
+    kv_req req = {.op = KV_OP_PUT, .key = B("k"), .value = B("v"), .ttl_s = -1};
 
     assert_int_equal(t_call(s, &req), KV_EINVAL);
     assert_false(t_get(s, B("k")));
     t_put(s, B("k"), B("v"), 0);
     req = (kv_req){.op = KV_OP_SET_TTL, .key = B("k"), .ttl_s = -1};
     assert_int_equal(t_call(s, &req), KV_EINVAL);
-    req = (kv_req){.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                   .expected = B("v"), .has_value = true, .value = B("w"),
+    req = (kv_req){.op = KV_OP_CAS,
+                   .key = B("k"),
+                   .has_expected = true,
+                   .expected = B("v"),
+                   .has_value = true,
+                   .value = B("w"),
                    .ttl_s = -1};
     assert_int_equal(t_call(s, &req), KV_EINVAL);
     t_assert_value(s, B("k"), B("v"));
@@ -836,7 +866,9 @@ TEST(store_call__negative_ttl__is_invalid)
 TEST(store_call__ttl_over_max__is_invalid)
 {
     kv_store *s = t_find("s");
-    kv_req req = {.op = KV_OP_PUT, .key = B("k"), .value = B("v"),
+    kv_req req = {.op = KV_OP_PUT,
+                  .key = B("k"),
+                  .value = B("v"),
                   .ttl_s = KV_MAX_TTL_S + 1};
 
     assert_int_equal(t_call(s, &req), KV_EINVAL);
@@ -845,8 +877,8 @@ TEST(store_call__ttl_over_max__is_invalid)
     assert_int_equal(t_call(s, &req), 0);
     assert_true(t_get(s, B("k")));
     assert_true(t_c.ttl_left_s == KV_MAX_TTL_S);
-    req = (kv_req){.op = KV_OP_SET_TTL, .key = B("k"),
-                   .ttl_s = KV_MAX_TTL_S + 1};
+    req =
+        (kv_req){.op = KV_OP_SET_TTL, .key = B("k"), .ttl_s = KV_MAX_TTL_S + 1};
     assert_int_equal(t_call(s, &req), KV_EINVAL);
 }
 
@@ -935,13 +967,16 @@ TEST(store_call__keys_with_a_bad_prefix__says_why_once)
 TEST(store_call__cas_with_a_malformed_etag__is_invalid)
 {
     static const kv_bytes bad[] = {
-        {"2d06800538d394c", 15},   {"2d06800538d394c22", 17},
-        {"2D06800538D394C2", 16},  {"2d06800538d394cg", 16},
+        {"2d06800538d394c", 15},    {"2d06800538d394c22", 17},
+        {"2D06800538D394C2", 16},   {"2d06800538d394cg", 16},
         {"\"2d06800538d394\"", 16}, {"", 0},
     };
     kv_store *s = t_find("s");
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .has_value = true,
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .has_value = true,
                   .value = B("new")};
     size_t i;
 
@@ -961,9 +996,13 @@ TEST(cas_by_etag__matching_etag__swaps_and_sets_ttl)
 {
     kv_store *s = t_find("s");
     char tag[KV_ETAG_HEX + 1];
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .has_value = true,
-                  .value = B("new"), .ttl_s = 30};
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .has_value = true,
+                  .value = B("new"),
+                  .ttl_s = 30};
 
     t_put(s, B("k"), B("old"), 0);
     kv_etag(B("old"), tag);
@@ -982,8 +1021,11 @@ TEST(cas_by_etag__matching_etag_with_ttl_zero__removes_the_ttl)
 {
     kv_store *s = t_find("s");
     char tag[KV_ETAG_HEX + 1];
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .has_value = true,
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .has_value = true,
                   .value = B("new")};
 
     t_put(s, B("k"), B("old"), 10);
@@ -999,9 +1041,13 @@ TEST(cas_by_etag__wrong_etag__fails_and_keeps_value)
 {
     kv_store *s = t_find("s");
     char tag[KV_ETAG_HEX + 1];
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .has_value = true,
-                  .value = B("new"), .ttl_s = 30};
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .has_value = true,
+                  .value = B("new"),
+                  .ttl_s = 30};
 
     t_put(s, B("k"), B("old"), 0);
     kv_etag(B("other"), tag);
@@ -1015,9 +1061,13 @@ TEST(cas_by_etag__wrong_etag__fails_and_keeps_value)
 TEST(cas_by_etag__absent_key__fails_and_creates_nothing)
 {
     kv_store *s = t_find("s");
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .expected = B("2d06800538d394c2"),
-                  .has_value = true, .value = B("new")};
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .expected = B("2d06800538d394c2"),
+                  .has_value = true,
+                  .value = B("new")};
 
     assert_int_equal(t_call(s, &req), 0);
     assert_false(t_c.found);
@@ -1027,9 +1077,13 @@ TEST(cas_by_etag__absent_key__fails_and_creates_nothing)
 TEST(cas_by_etag__empty_value__matches_the_etag_of_empty_input)
 {
     kv_store *s = t_find("s");
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .expected = B("2d06800538d394c2"),
-                  .has_value = true, .value = B("filled")};
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .expected = B("2d06800538d394c2"),
+                  .has_value = true,
+                  .value = B("filled")};
 
     t_put(s, B("k"), (kv_bytes){"", 0}, 0);
     assert_int_equal(t_call(s, &req), 0);
@@ -1041,7 +1095,9 @@ TEST(cas_by_etag__matching_etag_without_value__deletes)
 {
     kv_store *s = t_find("s");
     char tag[KV_ETAG_HEX + 1];
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
                   .expected_is_etag = true};
 
     t_put(s, B("k"), B("old"), 0);
@@ -1055,8 +1111,11 @@ TEST(cas_by_etag__matching_etag_without_value__deletes)
 TEST(cas_by_etag__wrong_etag_without_value__keeps_the_key)
 {
     kv_store *s = t_find("s");
-    kv_req req = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                  .expected_is_etag = true, .expected = B("0000000000000000")};
+    kv_req req = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
+                  .expected_is_etag = true,
+                  .expected = B("0000000000000000")};
 
     t_put(s, B("k"), B("old"), 0);
     assert_int_equal(t_call(s, &req), 0);
@@ -1167,12 +1226,17 @@ TEST(change_hook__cas_success__is_reported_as_put_or_delete)
 {
     kv_store *s = t_notify_store();
     char tag[KV_ETAG_HEX + 1];
-    kv_req create = {.op = KV_OP_CAS, .key = B("k"), .has_value = true,
-                     .value = B("v1")};
-    kv_req replace = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                      .expected = B("v1"), .has_value = true,
+    kv_req create = {
+        .op = KV_OP_CAS, .key = B("k"), .has_value = true, .value = B("v1")};
+    kv_req replace = {.op = KV_OP_CAS,
+                      .key = B("k"),
+                      .has_expected = true,
+                      .expected = B("v1"),
+                      .has_value = true,
                       .value = B("v2")};
-    kv_req del = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
+    kv_req del = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
                   .expected_is_etag = true};
 
     assert_int_equal(t_call(s, &create), 0);
@@ -1192,14 +1256,20 @@ TEST(change_hook__cas_success__is_reported_as_put_or_delete)
 TEST(change_hook__cas_failure__is_not_reported)
 {
     kv_store *s = t_notify_store();
-    kv_req create = {.op = KV_OP_CAS, .key = B("k"), .has_value = true,
-                     .value = B("v1")};
-    kv_req replace = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
-                      .expected = B("nope"), .has_value = true,
+    kv_req create = {
+        .op = KV_OP_CAS, .key = B("k"), .has_value = true, .value = B("v1")};
+    kv_req replace = {.op = KV_OP_CAS,
+                      .key = B("k"),
+                      .has_expected = true,
+                      .expected = B("nope"),
+                      .has_value = true,
                       .value = B("v2")};
-    kv_req by_etag = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
+    kv_req by_etag = {.op = KV_OP_CAS,
+                      .key = B("k"),
+                      .has_expected = true,
                       .expected_is_etag = true,
-                      .expected = B("0000000000000000"), .has_value = true,
+                      .expected = B("0000000000000000"),
+                      .has_value = true,
                       .value = B("v3")};
     kv_req absent_to_absent = {.op = KV_OP_CAS, .key = B("gone")};
 
@@ -1319,7 +1389,9 @@ TEST(op_stats__histogram_buckets__sum_to_calls)
 {
     kv_store *s = t_find("s");
     kv_req incr = {.op = KV_OP_INCR, .key = B("x"), .delta = 1};
-    kv_req cas = {.op = KV_OP_CAS, .key = B("k"), .has_expected = true,
+    kv_req cas = {.op = KV_OP_CAS,
+                  .key = B("k"),
+                  .has_expected = true,
                   .expected_is_etag = true,
                   .expected = B("0000000000000000")};
     kv_op op;
