@@ -13,7 +13,7 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash libcrypto
+PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -34,6 +34,9 @@ LDLIBS_ALL = $(shell pkg-config --libs $(PKGS)) $(LIBS_EXTRA) $(LDLIBS)
 
 KV_SRC   = kvstore/kvstore.c kvstore/kv_value.c
 MEM_SRC  = backends/memory/mem_kv.c
+# Network backends: every .c in their folders (tests/unit/test_<name>.c
+# links them with the kvstore core).
+NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c)
 PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c
 PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
@@ -55,7 +58,7 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
-$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(PS_LINK) $(SRV_LIB_SRC) $(SRV_SRC))
+$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(NET_SRC) $(PS_LINK) $(SRV_LIB_SRC) $(SRV_SRC))
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL)
 
 # One cmocka binary per module, linking only that module and what it needs.

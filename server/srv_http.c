@@ -33,6 +33,8 @@
 #define SRV_HDR_NAME_MAX 32 /* longer names are none we want */
 #define SRV_LISTEN_BACKLOG 511
 #define SRV_RETRY_AFTER_S 1
+#define SRV_LINGER_MS 1000      /* reading what follows a last answer */
+#define SRV_HOUSEKEEPING_MS 250 /* linger deadline checks */
 
 typedef struct srv_buf {
     char *data;
@@ -50,6 +52,8 @@ struct srv_server {
     srv_conn *conns; /* doubly linked list of open connections */
     srv_http_stats stats;
     bool draining;
+    bool housekeeping; /* housekeeping_timer initialised */
+    uv_timer_t housekeeping_timer;
     unsigned pending_closes; /* handles closing in srv_server_free */
     uv_timer_t grace_timer;
     void (*drained)(void *ud);
@@ -68,6 +72,9 @@ struct srv_conn {
     bool responded;         /* the current request has been answered */
     bool reading;
     unsigned writes_in_flight;
+    bool lingering;           /* write side shut, input discarded */
+    uint64_t linger_deadline; /* loop ms; closed then at the latest */
+    uv_shutdown_t shutdown_req;
     const srv_proto *proto; /* set once upgraded; HTTP parsing stops */
     void *proto_ud;
 
@@ -114,6 +121,7 @@ static void conn_flush(srv_conn *c);
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_conn_freeable(srv_conn *c);
+static void on_housekeeping(uv_timer_t *t);
 
 /* ------------------------------------------------------------------ */
 /* Buffers                                                              */
@@ -619,6 +627,43 @@ static void conn_close(srv_conn *c)
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    srv_conn *c = req->data;
+
+    if (status < 0)
+        conn_close(c);
+}
+
+/*
+ * Ends a connection whose last answer has been written. HTTP connections
+ * half-close and discard what the client still sends for up to
+ * SRV_LINGER_MS, so an answer given before the request was fully read
+ * (413, 431) is not destroyed by a reset; the peer's EOF closes at once.
+ */
+static void conn_finish(srv_conn *c)
+{
+    if (c->closing || c->lingering)
+        return;
+    if (c->proto) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    c->linger_deadline = uv_now(c->srv->loop) + SRV_LINGER_MS;
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown)) {
+        conn_close(c);
+        return;
+    }
+    if (!c->reading) {
+        c->reading =
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+        if (!c->reading)
+            conn_close(c);
+    }
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     srv_write *w = (srv_write *)req;
@@ -630,7 +675,7 @@ static void on_write(uv_write_t *req, int status)
     if (status < 0 && status != UV_ECANCELED)
         conn_close(c);
     else if (!c->writes_in_flight && c->close_after_write && !c->waiting)
-        conn_close(c);
+        conn_finish(c);
     else if (c->proto && !c->closing)
         c->proto->on_writable(c->proto_ud);
     on_conn_freeable(c);
@@ -643,7 +688,7 @@ static void conn_flush(srv_conn *c)
     srv_write *w;
     int n;
 
-    if (c->closing)
+    if (c->closing || c->lingering)
         return;
     if (c->out.len) {
         b = uv_buf_init(c->out.data, (unsigned)c->out.len);
@@ -678,7 +723,7 @@ static void conn_flush(srv_conn *c)
         c->out.len = 0;
     }
     if (c->close_after_write && !c->waiting && !c->writes_in_flight)
-        conn_close(c);
+        conn_finish(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -699,8 +744,8 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (n == 0 || c->close_after_write)
-        return;
+    if (n == 0 || c->close_after_write || c->lingering)
+        return; /* nothing more will be answered on this connection */
     if (c->proto) {
         c->proto->on_data(c->proto_ud, c->rbuf, (size_t)n);
         return;
@@ -826,10 +871,32 @@ int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, SRV_LISTEN_BACKLOG,
                        on_connection);
+    if (rc == 0 && !s->housekeeping) {
+        uv_timer_init(s->loop, &s->housekeeping_timer);
+        s->housekeeping_timer.data = s;
+        uv_timer_start(&s->housekeeping_timer, on_housekeeping,
+                       SRV_HOUSEKEEPING_MS, SRV_HOUSEKEEPING_MS);
+        uv_unref((uv_handle_t *)&s->housekeeping_timer);
+        s->housekeeping = true;
+    }
     if (rc != 0)
         snprintf(err, errlen, "cannot listen on %s:%u: %s", host, port,
                  uv_strerror(rc));
     return rc;
+}
+
+/* Closes connections that lingered past their deadline. */
+static void on_housekeeping(uv_timer_t *t)
+{
+    srv_server *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    srv_conn *c, *next;
+
+    for (c = s->conns; c; c = next) {
+        next = c->next;
+        if (c->lingering && now >= c->linger_deadline)
+            conn_close(c);
+    }
 }
 
 static void on_grace_timeout(uv_timer_t *t)
@@ -893,6 +960,11 @@ void srv_server_free(srv_server *s)
     if (s->draining) {
         s->pending_closes++;
         uv_close((uv_handle_t *)&s->grace_timer, on_server_handle_closed);
+    }
+    if (s->housekeeping) {
+        s->pending_closes++;
+        uv_close((uv_handle_t *)&s->housekeeping_timer,
+                 on_server_handle_closed);
     }
     if (--s->pending_closes == 0)
         free(s);

@@ -458,7 +458,7 @@ static void clear_done(int status, const kv_reply *rep, const kv_err *err,
 /* Every method on /v1/kv/{store}. */
 static void handle_store(srv_conn *c)
 {
-    char prefix[QUERY_VALUE_MAX], cursor[64], op[16];
+    char prefix[QUERY_VALUE_MAX], cursor[QUERY_VALUE_MAX], op[16];
     kv_req req = {0};
     kv_store *s;
     int64_t limit;

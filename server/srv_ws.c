@@ -355,9 +355,19 @@ static void op_unsubscribe(ws_conn *w, json_t *frame, json_t *id)
 static unsigned char *base64_decode(const char *in, size_t len, size_t *out_len)
 {
     unsigned char *out;
+    size_t i, pad = 0;
     int n;
 
     if (len % 4 != 0)
+        return NULL;
+    /* EVP_DecodeBlock is lenient about '=' inside; accept it only last */
+    for (i = 0; i < len; i++) {
+        if (in[i] == '=')
+            pad++;
+        else if (pad)
+            return NULL;
+    }
+    if (pad > 2)
         return NULL;
     out = malloc(len / 4 * 3 + 1);
     if (!out)
@@ -367,10 +377,7 @@ static unsigned char *base64_decode(const char *in, size_t len, size_t *out_len)
         free(out);
         return NULL;
     }
-    if (len >= 1 && in[len - 1] == '=')
-        n--;
-    if (len >= 2 && in[len - 2] == '=')
-        n--;
+    n -= (int)pad;
     *out_len = (size_t)n;
     return out;
 }
@@ -445,7 +452,7 @@ static void handle_frame(ws_conn *w, const char *data, size_t len)
         ws_error(w, NULL, "too_large", "frame is larger than the limit");
         return;
     }
-    frame = json_loadb(data, len, 0, &jerr);
+    frame = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
     if (!json_is_object(frame)) {
         ws_error(w, NULL, "bad_json",
                  frame ? "a frame must be a JSON object" : jerr.text);

@@ -9,9 +9,13 @@
  * and an absolute expiry on b->now_ms's clock. Expiry is checked on every
  * read, so an expired key is absent at once; a lookup that meets an expired
  * entry frees it, and a timer on the loop sweeps a bounded number of
- * buckets per tick for the rest. keys() pages with Redis's reverse-binary
- * cursor, which misses no key present for the whole scan even when the
- * table grows or shrinks between pages (it may repeat some after a shrink).
+ * buckets per tick for the rest. keys() walks the entries in the order of
+ * their bit-reversed hashes, which takes the buckets in Redis's
+ * reverse-binary cursor order at any table size; its cursor is a position
+ * in that order, so a page can end inside a bucket and never holds more
+ * than `limit` keys (bar keys with equal 64-bit hashes), and a key present
+ * for the whole scan is returned exactly once even when the table grows or
+ * shrinks between pages.
  *
  * Left out: persistence, incremental rehashing (a resize is O(n) on the
  * loop), and any bound on total memory other than the per-value limits the
@@ -31,6 +35,7 @@
 #define MEM_SWEEP_INTERVAL_MS 100       /* between two sweep ticks */
 #define MEM_SWEEP_BUCKETS_PER_TICK 1024 /* examined per tick */
 #define MEM_SCAN_BUCKETS_PER_KEY 10     /* keys(): buckets per key asked */
+#define MEM_SCAN_ALLOC_MIN 16           /* keys(): first array capacity */
 #define MEM_MS_PER_S 1000
 #define MEM_CURSOR_TEXT_MAX 20 /* decimal digits of a uint64_t */
 
@@ -563,7 +568,34 @@ static int mem_mget(kv_backend *b, const kv_req *req, kv_done_cb done, void *ud,
     return 0;
 }
 
-/* Reverses the bits of v (for the keys cursor). */
+/*
+ * The keys scan. An entry's scan position is its hash with the bits
+ * reversed. The low n bits of the hash pick its bucket in a table of 2^n
+ * buckets, so the positions of one bucket share their top n bits and fill
+ * one contiguous range, and taking the buckets in Redis's reverse-binary
+ * cursor order walks those ranges in ascending order, at any table size.
+ * A cursor is the position the next page starts at: each page returns the
+ * live matching entries whose positions lie in [start, next), so the pages
+ * of a scan cover disjoint ranges whatever the table did between them.
+ */
+
+/* One candidate for a keys page. */
+struct mem_scan_item {
+    uint64_t pos; /* scan position: mem_rev64(e->hash) */
+    const struct mem_entry *e;
+};
+
+/* The working state of one keys call. */
+struct mem_scan {
+    kv_bytes prefix;             /* borrowed from the request */
+    uint64_t now;                /* expiry is judged against this */
+    struct mem_scan_item *items; /* the current bucket's candidates */
+    size_t nitems, items_cap;
+    kv_bytes *keys; /* the page, pointing into the entries */
+    size_t nkeys, keys_cap;
+};
+
+/* Reverses the bits of v: a hash to its scan position and back. */
 static uint64_t mem_rev64(uint64_t v)
 {
     v = ((v >> 1) & 0x5555555555555555ULL) | ((v & 0x5555555555555555ULL) << 1);
@@ -575,7 +607,10 @@ static uint64_t mem_rev64(uint64_t v)
     return (v >> 32) | (v << 32);
 }
 
-/* Parses a cursor: empty = 0 (start), else 1..20 decimal digits. */
+/*
+ * Parses a cursor into a scan position: empty = 0 (start), else the
+ * canonical decimal text of a uint64_t (no sign, no leading zero).
+ */
 static int mem_parse_cursor(kv_bytes text, uint64_t *out, kv_err *err)
 {
     uint64_t v = 0;
@@ -583,6 +618,8 @@ static int mem_parse_cursor(kv_bytes text, uint64_t *out, kv_err *err)
 
     if (text.len > MEM_CURSOR_TEXT_MAX)
         return kv_err_set(err, KV_ECURSOR, "cursor is too long");
+    if (text.len > 1 && text.ptr[0] == '0')
+        return kv_err_set(err, KV_ECURSOR, "cursor has a leading zero");
     for (i = 0; i < text.len; i++) {
         unsigned d = (unsigned)(unsigned char)text.ptr[i] - '0';
         if (d > 9)
@@ -595,76 +632,191 @@ static int mem_parse_cursor(kv_bytes text, uint64_t *out, kv_err *err)
     return 0;
 }
 
-/* Appends k to the page, growing it by doubling. 0 or KV_ENOMEM. */
-static int mem_page_add(kv_reply *r, size_t *cap, kv_bytes k)
+/*
+ * Moves the first used elements (of size bytes) of arr, which holds *cap,
+ * into a new array of at least need > *cap elements (capacity doubled from
+ * MEM_SCAN_ALLOC_MIN), frees arr, updates *cap and returns the new array.
+ * NULL when allocation fails, arr then untouched.
+ */
+static void *mem_grow(void *arr, size_t used, size_t *cap, size_t need,
+                      size_t size)
 {
-    if (r->nkeys == *cap) {
-        size_t ncap = *cap ? *cap * 2 : KV_KEYS_LIMIT_DEFAULT;
-        kv_bytes *nk = mem__malloc(ncap * sizeof(*nk));
-        if (!nk)
-            return KV_ENOMEM;
-        if (r->nkeys)
-            memcpy(nk, r->keys, r->nkeys * sizeof(*nk));
-        free(r->keys);
-        r->keys = nk;
-        *cap = ncap;
+    size_t ncap = *cap ? *cap : MEM_SCAN_ALLOC_MIN;
+    void *na;
+
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 2 / size)
+            return NULL;
+        ncap *= 2;
     }
-    r->keys[r->nkeys++] = k;
+    na = mem__malloc(ncap * size);
+    if (!na)
+        return NULL;
+    if (used)
+        memcpy(na, arr, used * size);
+    free(arr);
+    *cap = ncap;
+    return na;
+}
+
+/*
+ * Replaces s->items with the live entries of the chain e that start with
+ * s->prefix and lie at or after position from, unordered. 0 or KV_ENOMEM.
+ */
+static int mem_scan_bucket(struct mem_scan *s, const struct mem_entry *e,
+                           uint64_t from)
+{
+    s->nitems = 0;
+    for (; e; e = e->next) {
+        uint64_t pos = mem_rev64(e->hash);
+        if (pos < from || e->key_len < s->prefix.len ||
+            mem_expired(e, s->now) ||
+            (s->prefix.len &&
+             memcmp(e->data, s->prefix.ptr, s->prefix.len) != 0))
+            continue;
+        if (s->nitems == s->items_cap) {
+            void *na = mem_grow(s->items, s->nitems, &s->items_cap,
+                                s->nitems + 1, sizeof(*s->items));
+            if (!na)
+                return KV_ENOMEM;
+            s->items = na;
+        }
+        s->items[s->nitems++] = (struct mem_scan_item){pos, e};
+    }
     return 0;
+}
+
+/* Appends the keys of the first n candidates to the page. 0 or KV_ENOMEM. */
+static int mem_scan_take(struct mem_scan *s, size_t n)
+{
+    size_t i;
+
+    if (s->nkeys + n > s->keys_cap) {
+        void *na = mem_grow(s->keys, s->nkeys, &s->keys_cap, s->nkeys + n,
+                            sizeof(*s->keys));
+        if (!na)
+            return KV_ENOMEM;
+        s->keys = na;
+    }
+    for (i = 0; i < n; i++) {
+        const struct mem_entry *e = s->items[i].e;
+        s->keys[s->nkeys++] = (kv_bytes){e->data, e->key_len};
+    }
+    return 0;
+}
+
+static int mem_scan_item_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const struct mem_scan_item *)a)->pos;
+    uint64_t y = ((const struct mem_scan_item *)b)->pos;
+
+    return (x > y) - (x < y);
+}
+
+/*
+ * How many of the n candidates (sorted by position, n > room >= 1) a page
+ * with room places left takes, so that a page never ends between two
+ * entries of equal position (equal hashes): room, less the entries sharing
+ * the position of the first one left out. When that leaves none and the
+ * page is empty, the whole first run of equal positions instead, more than
+ * room, so that the scan moves on.
+ */
+static size_t mem_scan_cut(const struct mem_scan_item *it, size_t n,
+                           size_t room, bool page_empty)
+{
+    size_t k = room;
+
+    while (k > 0 && it[k].pos == it[k - 1].pos)
+        k--;
+    if (k == 0 && page_empty) {
+        k = room;
+        while (k < n && it[k].pos == it[k - 1].pos)
+            k++;
+    }
+    return k;
 }
 
 /*
  * keys: one page of the live keys starting with req->prefix (bytes
- * compared literally), from req->cursor. Whole buckets are taken in
- * reverse-binary order until the page holds at least `limit` keys or
- * limit * MEM_SCAN_BUCKETS_PER_KEY buckets were visited, so a page may hold
- * a few more than limit (the rest of its last bucket) or fewer, even none,
- * with a cursor still to follow; cursor len 0 means the scan is complete.
- * A key present from the first page to the last is returned at least once.
- * Errors: KV_ECURSOR for cursor text this backend never produced,
- * KV_ENOMEM.
+ * compared literally), continuing from req->cursor in scan-position order
+ * (see above). Buckets are taken whole while they fit in the page; the
+ * bucket that does not is sorted by position and only its first entries
+ * that fit are taken, the cursor then pointing just past the last one.
+ * So a page holds at most `limit` keys (0 = KV_KEYS_LIMIT_DEFAULT), with
+ * one exception: distinct keys with equal 64-bit hashes share a position
+ * and always land on the same page, so a page starting with more than
+ * `limit` of them holds them all. A page may also hold fewer keys, even
+ * none, with a cursor still to follow: a call visits at most limit *
+ * MEM_SCAN_BUCKETS_PER_KEY buckets. Cursor len 0 means the scan is
+ * complete. Over one scan a key is returned at most once, and exactly once
+ * if it is present from the first page to the last, however the table
+ * grows or shrinks between pages. The keys point into the table and stay
+ * valid until done returns. Errors: KV_ECURSOR for cursor text that is not
+ * the canonical decimal form of a position, KV_ENOMEM.
  */
 static int mem_keys(kv_backend *b, const kv_req *req, kv_done_cb done, void *ud,
                     kv_err *err)
 {
     struct mem_backend *mb = mem_of(b);
-    uint64_t now = b->now_ms(b), v = 0, mask = mb->nbuckets - 1;
+    uint64_t mask = mb->nbuckets - 1, pos = 0;
+    uint64_t span = ~mem_rev64(mask); /* low bits of a bucket's positions */
     size_t limit = req->limit ? req->limit : KV_KEYS_LIMIT_DEFAULT;
-    size_t visits = 0, max_visits, cap = 0;
-    kv_bytes prefix = req->prefix;
+    size_t visits = 0, max_visits;
+    struct mem_scan s = {.prefix = req->prefix, .now = b->now_ms(b)};
     kv_reply r = {.op = req->op};
     char cursor[MEM_CURSOR_TEXT_MAX + 1];
+    bool complete = false;
     int rc;
 
-    rc = mem_parse_cursor(req->cursor, &v, err);
+    rc = mem_parse_cursor(req->cursor, &pos, err);
     if (rc != 0)
         return rc;
     max_visits = limit > SIZE_MAX / MEM_SCAN_BUCKETS_PER_KEY
                      ? SIZE_MAX
                      : limit * MEM_SCAN_BUCKETS_PER_KEY;
-    do {
-        const struct mem_entry *e;
-        for (e = mb->buckets[v & mask]; e; e = e->next) {
-            if (e->key_len < prefix.len || mem_expired(e, now) ||
-                (prefix.len && memcmp(e->data, prefix.ptr, prefix.len) != 0))
-                continue;
-            if (mem_page_add(&r, &cap, (kv_bytes){e->data, e->key_len}) != 0) {
-                free(r.keys);
-                return mem_err_nomem(err, "keys");
-            }
-        }
-        v |= ~mask;
-        v = mem_rev64(mem_rev64(v) + 1);
-        visits++;
-    } while (v != 0 && r.nkeys < limit && visits < max_visits);
+    for (;;) {
+        uint64_t last = pos | span; /* the last position of pos's bucket */
+        size_t room = limit - s.nkeys, k;
 
-    if (v != 0) {
-        int n = snprintf(cursor, sizeof cursor, "%llu", (unsigned long long)v);
+        if (mem_scan_bucket(&s, mb->buckets[mem_rev64(pos) & mask], pos) != 0)
+            goto fail;
+        k = s.nitems;
+        if (k > room) {
+            qsort(s.items, s.nitems, sizeof(*s.items), mem_scan_item_cmp);
+            k = mem_scan_cut(s.items, s.nitems, room, s.nkeys == 0);
+        }
+        if (mem_scan_take(&s, k) != 0)
+            goto fail;
+        if (k < s.nitems) { /* the page ends inside this bucket */
+            if (k > 0)
+                pos = s.items[k - 1].pos + 1;
+            break;
+        }
+        if (last == UINT64_MAX) {
+            complete = true;
+            break;
+        }
+        pos = last + 1;
+        if (s.nkeys >= limit || ++visits >= max_visits)
+            break;
+    }
+    free(s.items);
+
+    r.keys = s.keys;
+    r.nkeys = s.nkeys;
+    if (!complete) {
+        int n =
+            snprintf(cursor, sizeof cursor, "%llu", (unsigned long long)pos);
         r.cursor = (kv_bytes){cursor, (size_t)n};
     }
     done(0, &r, NULL, ud);
-    free(r.keys);
+    free(s.keys);
     return 0;
+
+fail:
+    free(s.items);
+    free(s.keys);
+    return mem_err_nomem(err, "keys");
 }
 
 /* clear: frees every entry and returns the table to its smallest size. */

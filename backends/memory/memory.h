@@ -8,6 +8,14 @@
  * returns. Nothing is persisted; memory use is reported through stats.
  * Runs on: the event loop thread only.
  *
+ * keys pages hold at most `limit` keys; the one exception is distinct keys
+ * with equal 64-bit hashes, which always share a page. The cursor is the
+ * decimal text of a position in bit-reversed hash order, so a scan returns
+ * a key at most once, and exactly once if the key is present throughout,
+ * even when the table is resized between pages. A page may be short or
+ * empty with a cursor to follow: each call visits a bounded number of
+ * buckets.
+ *
  * The two mem__ symbols below are internal, for the unit tests.
  */
 #ifndef KVBUS_BACKEND_MEMORY_H

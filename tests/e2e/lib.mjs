@@ -135,8 +135,8 @@ export function keysPage(store, query = '') {
 /*
  * Every key of a store with the given prefix, following cursors. Returns
  * {keys, pages, lastPage}; asserts each page is 200 JSON with a keys array.
- * limit is a page-size hint (SPEC 5.8 pages like Redis SCAN COUNT), so a
- * page may hold a few more or fewer keys.
+ * A page holds at most limit keys (docs/api.md); it may hold fewer, even
+ * none, while a cursor is still returned.
  */
 export async function listAllKeys(store, { prefix, limit } = {}) {
     const keys = [];
@@ -152,6 +152,10 @@ export async function listAllKeys(store, { prefix, limit } = {}) {
         assert.equal(res.status, 200, `keys page: ${text(res)}`);
         const page = json(res);
         assert.ok(Array.isArray(page.keys), 'keys page has a keys array');
+        if (limit !== undefined) {
+            assert.ok(page.keys.length <= limit,
+                `page of ${page.keys.length} keys exceeds limit ${limit}`);
+        }
         keys.push(...page.keys);
         pages += 1;
         lastPage = page;

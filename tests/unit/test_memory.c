@@ -8,6 +8,10 @@
  * a success calls it exactly once before returning. Covers SPEC 5 point by
  * point, keys paging across table growth and shrinking, allocation
  * failures through mem__malloc, the sweep by hand and on a real loop.
+ * Keys paging is checked page by page: never more than `limit` keys, also
+ * when many keys share one bucket (found by hashing candidate names with
+ * XXH3-64, as the backend does), every key exactly once across resizes
+ * and deletions between pages, and cursor text validated.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,13 +23,17 @@
 
 #include <cmocka.h>
 #include <uv.h>
+#include <xxhash.h>
 
 #include "backends/memory/memory.h"
 #include "kvstore/kvstore.h"
 
 #define T_CLOCK_START_MS 1000000u /* the fake clock at the start of a test */
 #define T_PAGES_MAX 100000        /* a scan that takes more pages is stuck */
-#define T_SLACK_KEYS 8            /* most keys a page may hold past limit */
+#define T_CURSOR_TEXT_MAX 63      /* most cursor bytes the HTTP layer reads */
+#define T_SCAN_BUCKETS_PER_KEY 10 /* the backend's bucket-visit bound */
+#define T_SHARED_HASH_BITS 10     /* put_one_bucket: low hash bits shared */
+#define T_CANDIDATES 100000       /* put_one_bucket: names tried */
 
 /* A test case; cmocka's state is not used (setup fills the globals). */
 #define TEST(name) static void name(void **state __attribute__((unused)))
@@ -710,20 +718,33 @@ TEST(mget__no_keys__answers_empty)
 
 /* --------------------------------------------------------------- keys */
 
-/* Scans every page for prefix; seen[i] counts key "<tag>%05d" index i. */
-static void scan_all(const char *prefix, size_t limit, const char *tag,
-                     unsigned *seen, size_t nseen, void (*between)(size_t page))
-{
-    char cursor[64] = "";
-    size_t cursor_len = 0, page, i, taglen = strlen(tag);
+static size_t t_empty_pages; /* scan_all: pages with no key, not the last */
 
+/*
+ * Scans every page for prefix from cursor start (a string, "" = from the
+ * beginning), asserting each page holds at most limit keys, only keys with
+ * that prefix, and a cursor the HTTP layer can carry. seen[i] counts key
+ * "<tag>%05d" index i; between(page), when not NULL, runs between two
+ * pages. Returns how many pages the scan took and sets t_empty_pages.
+ */
+static size_t scan_from(const char *start, const char *prefix, size_t limit,
+                        const char *tag, unsigned *seen, size_t nseen,
+                        void (*between)(size_t page))
+{
+    char cursor[T_CURSOR_TEXT_MAX + 1];
+    size_t cursor_len = strlen(start), page, i, taglen = strlen(tag);
+
+    assert_true(cursor_len <= T_CURSOR_TEXT_MAX);
+    memcpy(cursor, start, cursor_len);
+
+    t_empty_pages = 0;
     for (page = 0; page < T_PAGES_MAX; page++) {
         kv_req req = {.op = KV_OP_KEYS,
                       .prefix = B(prefix),
                       .cursor = {cursor, cursor_len},
                       .limit = limit};
         assert_int_equal(call(&req), 0);
-        assert_true(t_c.nkeys <= limit + T_SLACK_KEYS);
+        assert_true(t_c.nkeys <= limit);
         for (i = 0; i < t_c.nkeys; i++) {
             assert_memory_equal(t_c.keys[i].ptr, prefix, strlen(prefix));
             if (t_c.keys[i].len == taglen + 5 &&
@@ -734,13 +755,25 @@ static void scan_all(const char *prefix, size_t limit, const char *tag,
             }
         }
         if (t_c.cursor.len == 0)
-            return;
+            return page + 1;
+        if (t_c.nkeys == 0)
+            t_empty_pages++;
+        assert_true(t_c.cursor.len <= T_CURSOR_TEXT_MAX);
         memcpy(cursor, t_c.cursor.ptr, t_c.cursor.len);
         cursor_len = t_c.cursor.len;
         if (between)
             between(page);
     }
     fail_msg("keys scan did not finish in %d pages", T_PAGES_MAX);
+    return 0;
+}
+
+/* scan_from the beginning. */
+static size_t scan_all(const char *prefix, size_t limit, const char *tag,
+                       unsigned *seen, size_t nseen,
+                       void (*between)(size_t page))
+{
+    return scan_from("", prefix, limit, tag, seen, nseen, between);
 }
 
 static void put_numbered(const char *tag, size_t from, size_t to)
@@ -796,7 +829,7 @@ TEST(keys__empty_prefix__returns_live_keys_only)
     advance_ms(1000);
     scan_all("", 7, "k", seen, 50, NULL);
     for (i = 0; i < 50; i++)
-        assert_true(seen[i] >= 1);
+        assert_int_equal(seen[i], 1);
     {
         kv_req req = {.op = KV_OP_KEYS, .limit = 1000};
         assert_int_equal(call(&req), 0);
@@ -827,7 +860,7 @@ TEST(keys__5000_keys_with_growth_between_pages__misses_none)
     st = stats_of(t_b);
     assert_true(st.keys > 8192); /* the table grew during the scan */
     for (i = 0; i < 5000; i++)
-        assert_true(seen[i] >= 1);
+        assert_int_equal(seen[i], 1);
 }
 
 static size_t t_shrink_next;
@@ -855,7 +888,163 @@ TEST(keys__with_shrinking_between_pages__misses_none)
     scan_all("k", 50, "k", seen, 1000, shrink_between_pages);
     assert_int_equal(stats_of(t_b).keys, 1000);
     for (i = 0; i < 1000; i++)
-        assert_true(seen[i] >= 1);
+        assert_int_equal(seen[i], 1);
+}
+
+/*
+ * Puts every key "k%05zu" (i < T_CANDIDATES) whose XXH3-64 hash has its
+ * low T_SHARED_HASH_BITS bits zero: they share bucket 0 of every table of
+ * up to 2^T_SHARED_HASH_BITS buckets. Marks them in stored (T_CANDIDATES
+ * flags) and returns how many it put.
+ */
+static size_t put_one_bucket(bool *stored)
+{
+    const uint64_t mask = ((uint64_t)1 << T_SHARED_HASH_BITS) - 1;
+    char k[32];
+    size_t i, n = 0;
+
+    for (i = 0; i < T_CANDIDATES; i++) {
+        snprintf(k, sizeof k, "k%05zu", i);
+        if ((XXH3_64bits(k, strlen(k)) & mask) != 0)
+            continue;
+        put(k, "v", 0);
+        stored[i] = true;
+        n++;
+    }
+    assert_true(n >= 50); /* 100 with XXH3-64 */
+    return n;
+}
+
+/* Puts n more keys "k%05zu" among those not marked in stored, marking them. */
+static void put_fillers(bool *stored, size_t n)
+{
+    char k[32];
+    size_t i;
+
+    for (i = 0; n > 0 && i < T_CANDIDATES; i++) {
+        if (stored[i])
+            continue;
+        snprintf(k, sizeof k, "k%05zu", i);
+        put(k, "v", 0);
+        stored[i] = true;
+        n--;
+    }
+    assert_int_equal(n, 0);
+}
+
+/* Asserts that each key marked in stored was seen once, the others never. */
+static void assert_seen_once(const unsigned *seen, const bool *stored)
+{
+    size_t i;
+
+    for (i = 0; i < T_CANDIDATES; i++)
+        if (seen[i] != (stored[i] ? 1u : 0u))
+            fail_msg("key k%05zu seen %u times", i, seen[i]);
+}
+
+TEST(keys__5000_keys__every_page_holds_at_most_limit_keys)
+{
+    static const size_t limits[] = {1, 7, 100};
+    static unsigned seen[5000];
+    size_t i, j, pages;
+    put_numbered("k", 0, 5000);
+    for (j = 0; j < sizeof limits / sizeof limits[0]; j++) {
+        memset(seen, 0, sizeof seen);
+        pages = scan_all("", limits[j], "k", seen, 5000, NULL);
+        assert_true(pages >= 5000 / limits[j]);
+        for (i = 0; i < 5000; i++)
+            assert_int_equal(seen[i], 1);
+    }
+}
+
+TEST(keys__many_keys_in_one_bucket__pages_hold_at_most_limit_keys)
+{
+    static const size_t limits[] = {1, 7, 100};
+    static bool stored[T_CANDIDATES];
+    static unsigned seen[T_CANDIDATES];
+    size_t j, fill, n;
+    memset(stored, 0, sizeof stored);
+    n = put_one_bucket(stored); /* alone: a table of 128 buckets */
+    for (fill = 0; fill < 2; fill++) {
+        if (fill)
+            put_fillers(stored, 400); /* 512 buckets: still one bucket */
+        for (j = 0; j < sizeof limits / sizeof limits[0]; j++) {
+            memset(seen, 0, sizeof seen);
+            scan_all("k", limits[j], "k", seen, T_CANDIDATES, NULL);
+            assert_seen_once(seen, stored);
+        }
+    }
+    assert_int_equal(stats_of(t_b).keys, n + 400);
+}
+
+TEST(keys__resuming_mid_bucket_after_its_last_key_was_deleted__misses_none)
+{
+    static bool stored[T_CANDIDATES];
+    static unsigned seen[T_CANDIDATES];
+    char cursor[T_CURSOR_TEXT_MAX + 1], first[32], last[32];
+    kv_req req = {.op = KV_OP_KEYS, .prefix = B("k"), .limit = 7};
+    size_t i;
+    memset(stored, 0, sizeof stored);
+    memset(seen, 0, sizeof seen);
+    put_one_bucket(stored);
+    assert_int_equal(call(&req), 0);
+    assert_int_equal(t_c.nkeys, 7); /* 7 of the 100 in bucket 0 */
+    assert_true(t_c.cursor.len > 0 && t_c.cursor.len < sizeof cursor);
+    for (i = 0; i < t_c.nkeys; i++)
+        seen[strtoul(t_c.keys[i].ptr + 1, NULL, 10)]++;
+    memcpy(cursor, t_c.cursor.ptr, t_c.cursor.len + 1);
+    snprintf(first, sizeof first, "%s", t_c.keys[0].ptr);
+    snprintf(last, sizeof last, "%s", t_c.keys[6].ptr);
+    /* The key the cursor stopped at, then one already behind it. */
+    assert_true(del(last));
+    assert_true(del(first));
+    scan_from(cursor, "k", 7, "k", seen, T_CANDIDATES, NULL);
+    assert_seen_once(seen, stored); /* the two deleted: on page 1 only */
+}
+
+static void resize_between_pages(size_t page)
+{
+    char k[32];
+    size_t i;
+
+    if (page % 2 == 0) {
+        put_numbered("f", 0, 3000); /* grows the table to 4096 buckets */
+        return;
+    }
+    for (i = 0; i < 3000; i++) { /* shrinks it back to 512 */
+        snprintf(k, sizeof k, "f%05zu", i);
+        assert_true(del(k));
+    }
+}
+
+TEST(keys__one_bucket_resized_between_every_page__returns_each_key_once)
+{
+    static const size_t limits[] = {1, 7};
+    static bool stored[T_CANDIDATES];
+    static unsigned seen[T_CANDIDATES];
+    size_t j, pages;
+    memset(stored, 0, sizeof stored);
+    put_one_bucket(stored); /* a table of 128 buckets */
+    for (j = 0; j < sizeof limits / sizeof limits[0]; j++) {
+        memset(seen, 0, sizeof seen);
+        pages = scan_all("k", limits[j], "k", seen, T_CANDIDATES,
+                         resize_between_pages);
+        if (pages % 2 == 0) /* the fillers are in: take them out again */
+            resize_between_pages(1);
+        assert_seen_once(seen, stored);
+    }
+}
+
+TEST(keys__sparse_prefix__visits_bounded_buckets_and_may_return_empty_pages)
+{
+    unsigned seen[1] = {0};
+    size_t pages;
+    put_numbered("x", 0, 5000); /* a table of 8192 buckets */
+    put("k00000", "v", 0);
+    pages = scan_all("k", 1, "k", seen, 1, NULL);
+    assert_int_equal(seen[0], 1);
+    assert_true(pages >= 8192 / T_SCAN_BUCKETS_PER_KEY);
+    assert_true(t_empty_pages > 0);
 }
 
 TEST(keys__default_limit__applies_when_zero)
@@ -863,26 +1052,49 @@ TEST(keys__default_limit__applies_when_zero)
     kv_req req = {.op = KV_OP_KEYS, .limit = 0};
     put_numbered("k", 0, 1000);
     assert_int_equal(call(&req), 0);
-    assert_true(t_c.nkeys >= KV_KEYS_LIMIT_DEFAULT);
-    assert_true(t_c.nkeys <= KV_KEYS_LIMIT_DEFAULT + T_SLACK_KEYS);
+    assert_int_equal(t_c.nkeys, KV_KEYS_LIMIT_DEFAULT);
     assert_true(t_c.cursor.len > 0);
 }
 
 TEST(keys__bad_cursor__fails_with_ecursor)
 {
-    static const char *const bad[] = {"abc",
-                                      "-1",
-                                      "1x",
-                                      " 1",
-                                      "+5",
-                                      "18446744073709551616",
-                                      "123456789012345678901"};
+    static const char *const bad[] = {
+        "abc",
+        "-1",
+        "1x",
+        " 1",
+        "1 ",
+        "+5",
+        "01",
+        "00",
+        "0x10",
+        "1-2-ff",
+        "18446744073709551616",  /* 2^64 */
+        "123456789012345678901", /* 21 digits */
+    };
+    static const char nul[] = {'1', '\0'};
+    kv_req req = {.op = KV_OP_KEYS, .limit = 10};
     size_t i;
     put("k", "v", 0);
     for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        kv_req req = {.op = KV_OP_KEYS, .cursor = B(bad[i]), .limit = 10};
+        req.cursor = B(bad[i]);
         assert_int_equal(call(&req), KV_ECURSOR);
     }
+    req.cursor = (kv_bytes){nul, sizeof nul};
+    assert_int_equal(call(&req), KV_ECURSOR);
+}
+
+TEST(keys__cursor_zero_or_last_position__is_accepted)
+{
+    kv_req req = {.op = KV_OP_KEYS, .cursor = B("0"), .limit = 100};
+    put_numbered("k", 0, 10);
+    assert_int_equal(call(&req), 0); /* "0" is the start, as "" is */
+    assert_int_equal(t_c.nkeys, 10);
+    assert_int_equal(t_c.cursor.len, 0);
+    req.cursor = B("18446744073709551615");
+    assert_int_equal(call(&req), 0);
+    assert_true(t_c.nkeys <= 1);
+    assert_int_equal(t_c.cursor.len, 0);
 }
 
 /* ------------------------------------------------------- clear, stats */
@@ -1144,8 +1356,14 @@ int main(void)
         T(keys__empty_prefix__returns_live_keys_only),
         T(keys__5000_keys_with_growth_between_pages__misses_none),
         T(keys__with_shrinking_between_pages__misses_none),
+        T(keys__5000_keys__every_page_holds_at_most_limit_keys),
+        T(keys__many_keys_in_one_bucket__pages_hold_at_most_limit_keys),
+        T(keys__resuming_mid_bucket_after_its_last_key_was_deleted__misses_none),
+        T(keys__one_bucket_resized_between_every_page__returns_each_key_once),
+        T(keys__sparse_prefix__visits_bounded_buckets_and_may_return_empty_pages),
         T(keys__default_limit__applies_when_zero),
         T(keys__bad_cursor__fails_with_ecursor),
+        T(keys__cursor_zero_or_last_position__is_accepted),
         T(clear__empties_this_store_only),
         T(stats__count_keys_and_bytes),
         T(sweep__reclaims_expired_entries_and_bytes_go_down),
