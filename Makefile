@@ -48,7 +48,7 @@ obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
-             $(BUILD)/tests/test_pubsub
+             $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -67,6 +67,7 @@ $(BUILD)/tests/test_memory: $(call obj,tests/unit/test_memory.c $(KV_SRC) $(MEM_
 $(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_config.c server/srv_log.c $(KV_SRC))
 $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
 $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
+$(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
@@ -82,8 +83,11 @@ run: deps all
 test-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
+# The conformance suite runs once per backend, each against its own server.
+E2E_BACKENDS ?= memory postgres
 test-e2e: $(KVBUSD)
-	@KVBUSD=$(abspath $(KVBUSD)) tests/e2e/run
+	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \
+	    tests/e2e/run
 
 test: deps format-check
 	$(MAKE) MODE=release BUILD=build test-unit test-e2e

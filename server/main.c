@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "backends/memory/memory.h"
+#include "backends/postgres/postgres.h"
 #include "kvstore/kvstore.h"
 #include "pubsub/pubsub.h"
 #include "server/srv_app.h"
@@ -28,6 +29,7 @@
 /* Every backend this binary can route a store to. */
 static const struct kv_backend_ops *const backends[] = {
     &mem_backend_ops,
+    &pg_backend_ops,
     NULL,
 };
 

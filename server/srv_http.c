@@ -30,7 +30,8 @@
 #include "server/srv_log.h"
 
 #define SRV_READ_BUF_BYTES 65536
-#define SRV_HDR_NAME_MAX 32 /* longer names are none we want */
+#define SRV_SEND_BATCH_BYTES 16384 /* upgraded output written at once */
+#define SRV_HDR_NAME_MAX 32        /* longer names are none we want */
 #define SRV_LISTEN_BACKLOG 511
 #define SRV_RETRY_AFTER_S 1
 #define SRV_LINGER_MS 1000      /* reading what follows a last answer */
@@ -53,6 +54,8 @@ struct srv_server {
     srv_http_stats stats;
     bool draining;
     bool housekeeping; /* housekeeping_timer initialised */
+    srv_conn *dirty;   /* connections with output to flush this turn */
+    uv_idle_t flush_idle;
     uv_timer_t housekeeping_timer;
     unsigned pending_closes; /* handles closing in srv_server_free */
     uv_timer_t grace_timer;
@@ -72,6 +75,8 @@ struct srv_conn {
     bool responded;         /* the current request has been answered */
     bool reading;
     unsigned writes_in_flight;
+    bool dirty; /* in the server's to-flush list */
+    srv_conn *dirty_next;
     bool lingering;           /* write side shut, input discarded */
     uint64_t linger_deadline; /* loop ms; closed then at the latest */
     uv_shutdown_t shutdown_req;
@@ -122,6 +127,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_conn_freeable(srv_conn *c);
 static void on_housekeeping(uv_timer_t *t);
+static void on_flush_idle(uv_idle_t *h);
 
 /* ------------------------------------------------------------------ */
 /* Buffers                                                              */
@@ -583,7 +589,7 @@ static void on_conn_freeable(srv_conn *c)
 {
     srv_server *s = c->srv;
 
-    if (!c->closed || c->waiting || c->writes_in_flight)
+    if (!c->closed || c->waiting || c->writes_in_flight || c->dirty)
         return;
     if (c->prev)
         c->prev->next = c->next;
@@ -805,15 +811,53 @@ void srv_conn_upgrade(srv_conn *c, const srv_proto *proto, void *ud)
     c->proto_ud = ud;
 }
 
+/*
+ * Writes every connection that srv_conn_send() touched since the last turn:
+ * one write per connection per loop turn however many frames a fan-out
+ * put in its buffer. Upgraded connections whose bytes all left at once are
+ * told they may send more. Runs as an idle handle, so the loop does not
+ * block in poll while output waits.
+ */
+static void on_flush_idle(uv_idle_t *h)
+{
+    srv_server *s = h->data;
+    srv_conn *c, *next;
+
+    c = s->dirty;
+    s->dirty = NULL;
+    for (; c; c = next) {
+        next = c->dirty_next;
+        c->dirty = false;
+        c->dirty_next = NULL;
+        conn_flush(c);
+        if (c->proto && !c->closing && c->tcp.write_queue_size == 0)
+            c->proto->on_writable(c->proto_ud);
+        on_conn_freeable(c);
+    }
+    if (!s->dirty)
+        uv_idle_stop(&s->flush_idle);
+}
+
 int srv_conn_send(srv_conn *c, const void *data, size_t len)
 {
+    srv_server *s = c->srv;
+
     if (c->closing || c->close_after_write)
         return -1;
     if (!buf_append(&c->out, data, len)) {
         conn_close(c);
         return -1;
     }
-    conn_flush(c);
+    if (c->out.len >= SRV_SEND_BATCH_BYTES) {
+        conn_flush(c); /* enough for one write: do not wait for the turn */
+        return 0;
+    }
+    if (!c->dirty) {
+        c->dirty = true;
+        c->dirty_next = s->dirty;
+        s->dirty = c;
+        uv_idle_start(&s->flush_idle, on_flush_idle);
+    }
     return 0;
 }
 
@@ -848,6 +892,8 @@ srv_server *srv_server_new(uv_loop_t *loop, const srv_limits *limits,
     s->routes = routes;
     s->nroutes = nroutes;
     s->app = app;
+    uv_idle_init(loop, &s->flush_idle);
+    s->flush_idle.data = s;
     return s;
 }
 
@@ -952,7 +998,8 @@ void srv_server_free(srv_server *s)
 {
     if (!s)
         return;
-    s->pending_closes = 1; /* held until both handles are closing */
+    s->pending_closes = 2; /* held until the handles are closing */
+    uv_close((uv_handle_t *)&s->flush_idle, on_server_handle_closed);
     if (s->listening) {
         s->pending_closes++;
         uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
