@@ -189,8 +189,8 @@ static int store_open(kv_registry *reg, const kv_store_conf *conf,
     int rc;
 
     if (!ops)
-        return kv_err_set(err, KV_EINVAL, "store %s: unknown backend \"%s\"",
-                          conf->name, conf->backend);
+        return kv_err_set(err, KV_EINVAL, "unknown backend \"%s\"",
+                          conf->backend);
     if (reg->nstores == reg->cap) {
         size_t cap = reg->cap ? reg->cap * 2 : 8;
         kv_store **grown = realloc(reg->stores, cap * sizeof *grown);

@@ -68,6 +68,7 @@ static void on_signal(uv_signal_t *h, int signum)
     d->stopping = true;
     srv_info("shutdown: %s received, draining connections",
              signum == SIGINT ? "SIGINT" : "SIGTERM");
+    srv_ws_hub_shutdown(d->app.ws);
     srv_server_shutdown(d->app.http, d->app.cfg->shutdown_grace_ms, on_drained,
                         d);
 }
@@ -198,6 +199,7 @@ int main(int argc, char **argv)
         .max_frame_bytes =
             cfg.limits.max_value_bytes / 3 * 4 + WS_FRAME_OVERHEAD_BYTES,
         .max_patterns = PS_SUBS_PER_SUB_DEFAULT,
+        .max_payload_bytes = cfg.limits.max_value_bytes,
     };
     d.app.ws = srv_ws_hub_new(&loop, d.app.bus, &ws_limits);
     if (!d.app.ws) {

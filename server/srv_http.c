@@ -275,23 +275,21 @@ void srv_respond(srv_conn *c, int status, const char *content_type,
     }
 }
 
-void srv_respond_error(srv_conn *c, int status, const char *code,
-                       const char *fmt, ...)
+/* The JSON error body and its headers (Retry-After on 503). */
+static void respond_error_va(srv_conn *c, int status, const char *headers,
+                             const char *code, const char *fmt, va_list ap)
 {
     char msg[KV_ERR_MSG_BYTES];
     json_t *j;
     char *body;
-    va_list ap;
 
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     j = json_pack("{s:s, s:s}", "error", code, "message", msg);
     body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (!headers && status == 503)
+        headers = "Retry-After: 1\r\n";
     if (body) {
-        srv_respond(c, status, "application/json",
-                    status == 503 ? "Retry-After: 1\r\n" : NULL, body,
-                    strlen(body));
+        srv_respond(c, status, "application/json", headers, body, strlen(body));
     } else {
         static const char fallback[] =
             "{\"error\":\"internal\",\"message\":\"out of memory\"}";
@@ -300,6 +298,26 @@ void srv_respond_error(srv_conn *c, int status, const char *code,
     }
     free(body);
     json_decref(j);
+}
+
+void srv_respond_error(srv_conn *c, int status, const char *code,
+                       const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    respond_error_va(c, status, NULL, code, fmt, ap);
+    va_end(ap);
+}
+
+void srv_respond_error_with(srv_conn *c, int status, const char *headers,
+                            const char *code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    respond_error_va(c, status, headers, code, fmt, ap);
+    va_end(ap);
 }
 
 void srv_respond_kv_error(srv_conn *c, int code, const kv_err *err)
@@ -490,6 +508,31 @@ static int on_body(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
+/* 405 with the Allow header RFC 9110 asks for. */
+static void respond_not_allowed(srv_conn *c)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } methods[] = {{SRV_GET, "GET"},
+                   {SRV_HEAD, "HEAD"},
+                   {SRV_PUT, "PUT"},
+                   {SRV_POST, "POST"},
+                   {SRV_DELETE, "DELETE"}};
+    unsigned allowed =
+        srv_route_allowed(c->srv->routes, c->srv->nroutes, c->path);
+    char headers[96] = "Allow: ";
+    size_t i, n = strlen(headers);
+
+    for (i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (allowed & methods[i].bit)
+            n += (size_t)snprintf(headers + n, sizeof headers - n, "%s%s",
+                                  n > 7 ? ", " : "", methods[i].name);
+    snprintf(headers + n, sizeof headers - n, "\r\n");
+    srv_respond_error_with(c, 405, headers, "method_not_allowed",
+                           "this method is not allowed on this path");
+}
+
 /* A complete request: route it and run its handler. */
 static int on_message_complete(http_parser *p)
 {
@@ -512,8 +555,7 @@ static int on_message_complete(http_parser *p)
             route->handler(c);
             break;
         case SRV_MATCH_BAD_METHOD:
-            srv_respond_error(c, 405, "method_not_allowed",
-                              "this method is not allowed on this path");
+            respond_not_allowed(c);
             break;
         case SRV_MATCH_NO_ROUTE:
             srv_respond_error(c, 404, "not_found", "no such route");

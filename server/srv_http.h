@@ -113,6 +113,11 @@ void srv_respond_error(srv_conn *c, int status, const char *code,
                        const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The same with extra preformatted "Name: value\r\n" header lines. */
+void srv_respond_error_with(srv_conn *c, int status, const char *headers,
+                            const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
 /* The JSON error for a kvstore error code and its detail (err may be
  * NULL); adds Retry-After to 503s. */
 void srv_respond_kv_error(srv_conn *c, int code, const kv_err *err);

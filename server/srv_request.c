@@ -161,3 +161,16 @@ srv_match srv_route_find(const srv_route *routes, size_t nroutes,
     }
     return path_seen ? SRV_MATCH_BAD_METHOD : SRV_MATCH_NO_ROUTE;
 }
+
+unsigned srv_route_allowed(const srv_route *routes, size_t nroutes,
+                           kv_bytes path)
+{
+    kv_bytes caps[SRV_ROUTE_CAPS];
+    unsigned methods = 0;
+    size_t i;
+
+    for (i = 0; i < nroutes; i++)
+        if (pattern_match(routes[i].pattern, path, caps))
+            methods |= routes[i].methods;
+    return methods;
+}

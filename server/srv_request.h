@@ -55,6 +55,10 @@ srv_match srv_route_find(const srv_route *routes, size_t nroutes,
                          unsigned method, kv_bytes path, const srv_route **out,
                          kv_bytes caps[SRV_ROUTE_CAPS]);
 
+/* The methods of every route whose pattern matches path (for Allow). */
+unsigned srv_route_allowed(const srv_route *routes, size_t nroutes,
+                           kv_bytes path);
+
 /* The srv_method bit for an http_parser method number. */
 unsigned srv_method_bit(unsigned http_parser_method);
 

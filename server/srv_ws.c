@@ -413,6 +413,12 @@ static void op_publish(ws_conn *w, json_t *frame, json_t *id)
                  "publish needs one of \"data\" (text) or \"data_b64\"");
         return;
     }
+    if (len > w->hub->limits.max_payload_bytes) {
+        ws_error(w, id, "too_large",
+                 "the payload is larger than max_value_bytes");
+        free(bytes);
+        return;
+    }
     if (ps_publish(w->hub->bus, json_string_value(topic),
                    json_string_length(topic), payload, len, &m, &err) != 0)
         ws_error(w, id, kv_errcode(err.code), err.msg);
@@ -508,6 +514,7 @@ static void on_conn_data(void *ud, const char *data, size_t len)
         ws_close(w, 1002, "protocol error");
         return;
     }
+    wslay_event_send(w->ws); /* pongs and the close reply wslay queued */
     if (wslay_event_get_close_received(w->ws) && !w->close_deadline) {
         w->close_deadline = now_ms() + WS_CLOSE_GRACE_MS;
         srv_conn_close_after_write(w->conn);
@@ -567,7 +574,7 @@ static void on_check(uv_timer_t *t)
         next = w->next;
         if (w->close_deadline && now > w->close_deadline) {
             srv_conn_abort(w->conn);
-        } else if (w->stalled_since &&
+        } else if (w->stalled_since && !w->close_deadline &&
                    now - w->stalled_since > hub->limits.stall_ms) {
             hub->stats.closed_slow++;
             srv_warn("ws: closing a consumer that stayed full for %u ms",
@@ -594,8 +601,9 @@ void srv_ws_accept(srv_ws_hub *hub, srv_conn *c)
         return;
     }
     if (!version || strcmp(version, "13") != 0) {
-        srv_respond_error(c, 426, "bad_request",
-                          "only WebSocket version 13 is supported");
+        srv_respond_error_with(c, 426, "Sec-WebSocket-Version: 13\r\n",
+                               "upgrade_required",
+                               "only WebSocket version 13 is supported");
         return;
     }
     if (strlen(key) + sizeof WS_GUID > sizeof keyed) {
@@ -679,6 +687,14 @@ void srv_ws_hub_free(srv_ws_hub *hub)
         srv_conn_abort(w->conn); /* on_conn_close unlinks and frees w */
     }
     uv_close((uv_handle_t *)&hub->check_timer, on_hub_timer_closed);
+}
+
+void srv_ws_hub_shutdown(srv_ws_hub *hub)
+{
+    ws_conn *w;
+
+    for (w = hub->conns; w; w = w->next)
+        ws_close(w, WS_CLOSE_GOING_AWAY, "server shutting down");
 }
 
 const srv_ws_stats *srv_ws_hub_stats(const srv_ws_hub *hub)

@@ -19,10 +19,11 @@ struct uv_loop_s;
 typedef struct srv_ws_hub srv_ws_hub;
 
 typedef struct srv_ws_limits {
-    size_t queue_bytes;     /* outbound frames kept per connection */
-    uint32_t stall_ms;      /* still dropping after this long: close 1008 */
-    size_t max_frame_bytes; /* largest client frame read */
-    size_t max_patterns;    /* subscriptions per connection */
+    size_t queue_bytes;       /* outbound frames kept per connection */
+    uint32_t stall_ms;        /* still dropping after this long: close 1008 */
+    size_t max_frame_bytes;   /* largest client frame read */
+    size_t max_patterns;      /* subscriptions per connection */
+    size_t max_payload_bytes; /* largest message published over a socket */
 } srv_ws_limits;
 
 /* Counters for /metrics. */
@@ -42,6 +43,10 @@ srv_ws_hub *srv_ws_hub_new(struct uv_loop_s *loop, ps_bus *bus,
 /* Closes every WebSocket connection (1001 going away) and frees the hub
  * once they are gone; the loop must run afterwards. Accepts NULL. */
 void srv_ws_hub_free(srv_ws_hub *hub);
+
+/* Sends every connection a 1001 close (going away); their sockets close
+ * once it is written. */
+void srv_ws_hub_shutdown(srv_ws_hub *hub);
 
 /* The route handler for GET /v1/ws: checks the upgrade request, answers 101
  * and takes the connection over, or answers a JSON error. */

@@ -59,6 +59,11 @@ describe('routing errors', () => {
                     405, `${method} ${path}`);
             }
             assertJsonError(await get(s, 'k'), 404, 'PATCH stored a key');
+            // RFC 9110 15.5.6: a 405 names the methods the route takes.
+            const r = await request('PATCH', `/v1/kv/${s}/k`, { body: 'x' });
+            assert.equal(r.headers.allow, 'GET, HEAD, PUT, POST, DELETE');
+            const r2 = await request('POST', '/healthz');
+            assert.equal(r2.headers.allow, 'GET, HEAD');
         });
 
     test('an unknown op on a key is 400 and changes nothing', async () => {

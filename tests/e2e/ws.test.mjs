@@ -502,6 +502,10 @@ describe('the /v1/ws endpoint over plain HTTP', () => {
             const [res] = parseResponses(data);
             assert.ok(res, 'an answer');
             assert.equal(res.status, 426);
+            assert.equal(res.headers['sec-websocket-version'], '13',
+                'RFC 6455 4.4: the versions the server speaks');
+            assert.equal(JSON.parse(res.body.toString()).error,
+                'upgrade_required');
         });
 });
 
@@ -796,6 +800,41 @@ function messagesOf(c, topic) {
 }
 
 const MB = (n) => `${(n / 1048576).toFixed(1)} MB`;
+
+describe('closing', () => {
+    test('a client close is answered with a close frame echoing the code',
+        async () => {
+            const c = await WsClient.open();
+            c.ws.close(1000, 'bye');
+            const { code } = await withTimeout(c.closed, 5000,
+                'the server close reply');
+            // ws reports 1006 when the server drops the socket without
+            // answering the close frame.
+            assert.equal(code, 1000);
+        });
+
+    test('a payload over max_value_bytes is refused, the connection stays',
+        async () => {
+            const c = await WsClient.open();
+            const t = `big-payload-${process.pid}`;
+            // 70000 bytes: inside the frame limit, past max_value_bytes.
+            const f = await c.call('publish', { topic: t, data: 'p'.repeat(70000) });
+            assertErrorFrame(f, 'a 70000-byte payload');
+            assert.equal(f.error, 'too_large');
+            await assertUsable(c, 'a 70000-byte payload');
+            await c.close();
+        });
+
+    test('SIGTERM closes WebSocket clients with 1001 going away', async () => {
+        const srv = await startKvbusd(KVBUSD, ['--server.log_level=warn']);
+        const c = await WsClient.open(srv.url.replace(/^http/, 'ws') + '/v1/ws');
+        await c.subscribe(['shutdown']);
+        const exit = srv.stop();
+        const { code } = await withTimeout(c.closed, 5000, 'close on SIGTERM');
+        assert.equal(code, 1001);
+        assert.deepEqual(await exit, { code: 0, signal: null });
+    });
+});
 
 describe('slow consumers', { concurrency: false }, () => {
     test('a stalled client is closed with 1008; the others get everything; memory stays bounded',

@@ -461,9 +461,22 @@ TEST(method_bit__http_parser_methods__map_to_their_bits)
 
 #define T(name) cmocka_unit_test(name)
 
+/* The Allow header of a 405 lists what every matching route accepts. */
+static void
+route_allowed__key_path__is_the_union_of_matching_routes(void **state)
+{
+    (void)state;
+    assert_int_equal(srv_route_allowed(t_routes, T_NROUTES, B("/v1/kv/s/k")),
+                     SRV_GET | SRV_HEAD | SRV_PUT | SRV_POST | SRV_DELETE);
+    assert_int_equal(srv_route_allowed(t_routes, T_NROUTES, B("/healthz")),
+                     SRV_GET);
+    assert_int_equal(srv_route_allowed(t_routes, T_NROUTES, B("/nope")), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        T(route_allowed__key_path__is_the_union_of_matching_routes),
         T(split_target__without_query__is_all_path_and_empty_query),
         T(split_target__with_query__splits_at_the_first_question_mark),
         T(split_target__trailing_question_mark__gives_an_empty_query),
