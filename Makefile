@@ -48,7 +48,8 @@ obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
-             $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres
+             $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
+             $(BUILD)/tests/test_redis
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -68,6 +69,7 @@ $(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_confi
 $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
 $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
+$(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c))
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
@@ -84,7 +86,7 @@ test-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
 # The conformance suite runs once per backend, each against its own server.
-E2E_BACKENDS ?= memory postgres
+E2E_BACKENDS ?= memory redis postgres
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \
 	    tests/e2e/run

@@ -130,11 +130,12 @@ int kv_store_conf_copy(kv_store_conf *dst, const kv_store_conf *src);
 
 typedef struct kv_backend kv_backend;
 
-/* Bytes a backend holds, when it knows (memory does, Redis does not). */
+/* What a backend reports about itself for /metrics. */
 typedef struct kv_backend_stats {
-    bool known;
+    bool known; /* keys and bytes are known (memory; not Redis) */
     uint64_t keys;
     uint64_t bytes;
+    uint64_t reconnects; /* connections re-established after a loss */
 } kv_backend_stats;
 
 typedef int (*kv_method)(kv_backend *b, const kv_req *req, kv_done_cb done,

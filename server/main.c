@@ -19,6 +19,7 @@
 
 #include "backends/memory/memory.h"
 #include "backends/postgres/postgres.h"
+#include "backends/redis/redis.h"
 #include "kvstore/kvstore.h"
 #include "pubsub/pubsub.h"
 #include "server/srv_app.h"
@@ -30,6 +31,7 @@
 static const struct kv_backend_ops *const backends[] = {
     &mem_backend_ops,
     &pg_backend_ops,
+    &redis_backend_ops,
     NULL,
 };
 

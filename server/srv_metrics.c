@@ -55,42 +55,104 @@ static void put(text *t, const char *fmt, ...)
     }
 }
 
-static void render_store_ops(text *t, const kv_store *s)
+/* The per-op families; every family's samples stay together, as the text
+ * format requires. Ops a store never served are left out. */
+static void render_ops(text *t, const kv_registry *reg)
 {
-    const char *name = kv_store_name(s);
+    const kv_store *s;
+    size_t i;
     int op, b;
 
-    for (op = 0; op < KV_OP__COUNT; op++) {
-        const kv_op_stats *st = kv_store_op_stats(s, (kv_op)op);
-        const char *opn = kv_op_name((kv_op)op);
-        uint64_t cum = 0;
+    put(t, "# HELP kvbus_requests_total Key/value calls by store and op.\n"
+           "# TYPE kvbus_requests_total counter\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++)
+        for (op = 0; op < KV_OP__COUNT; op++)
+            if (kv_store_op_stats(s, (kv_op)op)->calls)
+                put(t, "kvbus_requests_total{store=\"%s\",op=\"%s\"} %llu\n",
+                    kv_store_name(s), kv_op_name((kv_op)op),
+                    (unsigned long long)kv_store_op_stats(s, (kv_op)op)->calls);
+    put(t, "# HELP kvbus_request_errors_total Calls that failed.\n"
+           "# TYPE kvbus_request_errors_total counter\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++)
+        for (op = 0; op < KV_OP__COUNT; op++)
+            if (kv_store_op_stats(s, (kv_op)op)->calls)
+                put(t,
+                    "kvbus_request_errors_total{store=\"%s\",op=\"%s\"} "
+                    "%llu\n",
+                    kv_store_name(s), kv_op_name((kv_op)op),
+                    (unsigned long long)kv_store_op_stats(s, (kv_op)op)
+                        ->errors);
+    put(t, "# HELP kvbus_request_duration_seconds Time to answer a call.\n"
+           "# TYPE kvbus_request_duration_seconds histogram\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++) {
+        for (op = 0; op < KV_OP__COUNT; op++) {
+            const kv_op_stats *st = kv_store_op_stats(s, (kv_op)op);
+            const char *name = kv_store_name(s), *opn = kv_op_name((kv_op)op);
+            uint64_t cum = 0;
 
-        if (!st->calls)
-            continue;
-        put(t, "kvbus_requests_total{store=\"%s\",op=\"%s\"} %llu\n", name, opn,
-            (unsigned long long)st->calls);
-        put(t, "kvbus_request_errors_total{store=\"%s\",op=\"%s\"} %llu\n",
-            name, opn, (unsigned long long)st->errors);
-        for (b = 0; b < KV_LATENCY_BUCKETS; b++) {
-            cum += st->buckets[b];
+            if (!st->calls)
+                continue;
+            for (b = 0; b < KV_LATENCY_BUCKETS; b++) {
+                cum += st->buckets[b];
+                put(t,
+                    "kvbus_request_duration_seconds_bucket{store=\"%s\","
+                    "op=\"%s\",le=\"%g\"} %llu\n",
+                    name, opn, kv_latency_bounds_us[b] / 1e6,
+                    (unsigned long long)cum);
+            }
             put(t,
                 "kvbus_request_duration_seconds_bucket{store=\"%s\",op=\"%s\","
-                "le=\"%g\"} %llu\n",
-                name, opn, kv_latency_bounds_us[b] / 1e6,
-                (unsigned long long)cum);
+                "le=\"+Inf\"} %llu\n"
+                "kvbus_request_duration_seconds_sum{store=\"%s\",op=\"%s\"} "
+                "%.6f\n"
+                "kvbus_request_duration_seconds_count{store=\"%s\",op=\"%s\"} "
+                "%llu\n",
+                name, opn, (unsigned long long)st->calls, name, opn,
+                (double)st->latency_us_sum / 1e6, name, opn,
+                (unsigned long long)st->calls);
         }
+    }
+}
+
+/* Per-store gauges and counters, one family after the other. */
+static void render_stores(text *t, const kv_registry *reg)
+{
+    kv_backend_stats bs;
+    const kv_store *s;
+    size_t i;
+
+    put(t, "# HELP kvbus_store_up 1 while the store's backend answers.\n"
+           "# TYPE kvbus_store_up gauge\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++)
+        put(t, "kvbus_store_up{store=\"%s\",backend=\"%s\"} %d\n",
+            kv_store_name(s), kv_store_backend_name(s),
+            kv_store_healthy(s) ? 1 : 0);
+    put(t, "# HELP kvbus_store_reconnects_total Connections the store's "
+           "backend re-established after losing them.\n"
+           "# TYPE kvbus_store_reconnects_total counter\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++) {
+        kv_store_stats(s, &bs);
         put(t,
-            "kvbus_request_duration_seconds_bucket{store=\"%s\",op=\"%s\","
-            "le=\"+Inf\"} %llu\n",
-            name, opn, (unsigned long long)st->calls);
-        put(t,
-            "kvbus_request_duration_seconds_sum{store=\"%s\",op=\"%s\"} "
-            "%.6f\n",
-            name, opn, (double)st->latency_us_sum / 1e6);
-        put(t,
-            "kvbus_request_duration_seconds_count{store=\"%s\",op=\"%s\"} "
+            "kvbus_store_reconnects_total{store=\"%s\",backend=\"%s\"} "
             "%llu\n",
-            name, opn, (unsigned long long)st->calls);
+            kv_store_name(s), kv_store_backend_name(s),
+            (unsigned long long)bs.reconnects);
+    }
+    put(t, "# HELP kvbus_store_keys Keys held, where the backend knows.\n"
+           "# TYPE kvbus_store_keys gauge\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++) {
+        kv_store_stats(s, &bs);
+        if (bs.known)
+            put(t, "kvbus_store_keys{store=\"%s\"} %llu\n", kv_store_name(s),
+                (unsigned long long)bs.keys);
+    }
+    put(t, "# HELP kvbus_store_bytes Bytes held, where the backend knows.\n"
+           "# TYPE kvbus_store_bytes gauge\n");
+    for (i = 0; (s = kv_registry_at(reg, i)); i++) {
+        kv_store_stats(s, &bs);
+        if (bs.known)
+            put(t, "kvbus_store_bytes{store=\"%s\"} %llu\n", kv_store_name(s),
+                (unsigned long long)bs.bytes);
     }
 }
 
@@ -156,39 +218,10 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
 {
     const srv_http_stats *hs = srv_server_stats(app->http);
     text t = {0};
-    kv_backend_stats bs;
-    kv_store *s;
-    size_t i;
     int cls;
 
-    put(&t, "# HELP kvbus_requests_total Key/value calls by store and op.\n"
-            "# TYPE kvbus_requests_total counter\n"
-            "# HELP kvbus_request_errors_total Calls that failed.\n"
-            "# TYPE kvbus_request_errors_total counter\n"
-            "# HELP kvbus_request_duration_seconds Time to answer a call.\n"
-            "# TYPE kvbus_request_duration_seconds histogram\n");
-    for (i = 0; (s = kv_registry_at(app->reg, i)); i++)
-        render_store_ops(&t, s);
-
-    put(&t, "# HELP kvbus_store_up 1 while the store's backend answers.\n"
-            "# TYPE kvbus_store_up gauge\n");
-    for (i = 0; (s = kv_registry_at(app->reg, i)); i++)
-        put(&t, "kvbus_store_up{store=\"%s\",backend=\"%s\"} %d\n",
-            kv_store_name(s), kv_store_backend_name(s),
-            kv_store_healthy(s) ? 1 : 0);
-    put(&t, "# HELP kvbus_store_keys Keys held, where the backend knows.\n"
-            "# TYPE kvbus_store_keys gauge\n"
-            "# HELP kvbus_store_bytes Bytes held, where the backend knows.\n"
-            "# TYPE kvbus_store_bytes gauge\n");
-    for (i = 0; (s = kv_registry_at(app->reg, i)); i++) {
-        kv_store_stats(s, &bs);
-        if (!bs.known)
-            continue;
-        put(&t, "kvbus_store_keys{store=\"%s\"} %llu\n", kv_store_name(s),
-            (unsigned long long)bs.keys);
-        put(&t, "kvbus_store_bytes{store=\"%s\"} %llu\n", kv_store_name(s),
-            (unsigned long long)bs.bytes);
-    }
+    render_ops(&t, app->reg);
+    render_stores(&t, app->reg);
 
     put(&t,
         "# HELP kvbus_http_connections_open Open client connections.\n"
