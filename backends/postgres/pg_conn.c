@@ -62,6 +62,7 @@ struct pg_conn {
     PGresult *error;     /* its first error result */
     uint32_t backoff_ms; /* delay before the next attempt; 0 after success */
     bool flushing;       /* output still to send: watch writable too */
+    bool ever_up;        /* has been connected once */
 };
 
 struct pg_pool {
@@ -75,6 +76,7 @@ struct pg_pool {
     bool down;                /* none up and the latest attempt failed */
     bool ever_up;             /* a connection has been up once */
     unsigned up;              /* connections READY or BUSY */
+    uint64_t reconnects;      /* connections up again after having been up */
     uint64_t down_since_ms;   /* uv_now when it went down */
     char last_error[KV_ERR_MSG_BYTES]; /* why the latest attempt failed */
     pg_qlist fifo;                     /* statements waiting for a connection */
@@ -300,6 +302,11 @@ const char *pg_pool_where(const pg_pool *p)
     return p->where;
 }
 
+uint64_t pg_pool_reconnects(const pg_pool *p)
+{
+    return p->reconnects;
+}
+
 int pg_pool_check(const pg_pool *p, const char *store, kv_err *err)
 {
     if (p->down)
@@ -520,6 +527,9 @@ static void conn_connected(struct pg_conn *c)
     }
     c->state = PG_CONN_READY;
     c->backoff_ms = 0;
+    if (c->ever_up)
+        p->reconnects++;
+    c->ever_up = true;
     srv_debug("postgres %s: connection %u up", p->where, c->index);
     if (++p->up == 1)
         pool_up(p);

@@ -107,6 +107,14 @@ bool pg_pool_up(const pg_pool *p);
 const char *pg_pool_where(const pg_pool *p);
 
 /*
+ * How many times one of the pool's connections was established again after
+ * having been up (lost, failed, or reset after a statement timed out). The
+ * first connection of each does not count, even after failed attempts; a
+ * server restart adds one per connection that comes back.
+ */
+uint64_t pg_pool_reconnects(const pg_pool *p);
+
+/*
  * 0 when statements may be submitted; KV_EUNAVAIL (err names the store and
  * the server, and why) while the pool is down: no connection up and the
  * latest attempt failed. Until the first attempt settles, statements wait.

@@ -919,11 +919,16 @@ static bool pg_healthy(kv_backend *b)
     return pb->pool && pg_pool_up(pb->pool);
 }
 
-/* The row count is not known without a scan. */
+/*
+ * The row count is not known without a scan. Reconnects are the pool's,
+ * shared by every store on the same url.
+ */
 static void pg_stats(kv_backend *b, kv_backend_stats *out)
 {
-    (void)b;
+    struct pg_backend *pb = pg_of(b);
+
     out->known = false;
+    out->reconnects = pb->pool ? pg_pool_reconnects(pb->pool) : 0;
 }
 
 const struct kv_backend_ops pg_backend_ops = {

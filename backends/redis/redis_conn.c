@@ -96,6 +96,7 @@ struct redis_conn {
     bool outage_logged; /* the current outage has been logged */
     bool ever_ready;
     unsigned failures;      /* failed attempts since the last ready */
+    uint64_t reconnects;    /* times ready again after having been ready */
     uint64_t down_since_ms; /* loop time the connection was lost */
     uint64_t backoff_ms;    /* delay before the next attempt */
     redisAsyncContext *ac;
@@ -594,13 +595,15 @@ static void conn_ready(redis_conn *c)
 
     c->state = CONN_READY;
     c->backoff_ms = REDIS_BACKOFF_MIN_MS;
-    if (!c->ever_ready)
+    if (!c->ever_ready) {
         redis__log(REDIS_LOG_INFO, "%s: redis %s connected (db %d)", c->label,
                    c->addr, c->url.db);
-    else
+    } else {
+        c->reconnects++;
         redis__log(REDIS_LOG_INFO, "%s: redis %s reconnected after %llu ms",
                    c->label, c->addr,
                    (unsigned long long)(conn_now(c) - c->down_since_ms));
+    }
     c->ever_ready = true;
     c->starting = false;
     c->outage_logged = false;
@@ -885,4 +888,9 @@ bool redis_conn_ready(const redis_conn *c)
 const char *redis_conn_addr(const redis_conn *c)
 {
     return c->addr;
+}
+
+uint64_t redis_conn_reconnects(const redis_conn *c)
+{
+    return c->reconnects;
 }

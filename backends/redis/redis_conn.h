@@ -91,6 +91,13 @@ bool redis_conn_ready(const redis_conn *c);
 const char *redis_conn_addr(const redis_conn *c);
 
 /*
+ * How many times the connection became ready again after having been ready
+ * once (lost, or dropped after a timeout, then re-established). The first
+ * connection does not count, even after failed attempts.
+ */
+uint64_t redis_conn_reconnects(const redis_conn *c);
+
+/*
  * Sends one command (argc arguments, binary-safe, borrowed for the call)
  * and calls cb with its reply. Returns 0 and calls cb exactly once, later;
  * or returns KV_EUNAVAIL (not connected) or KV_ENOMEM with err set and

@@ -591,11 +591,16 @@ static void redis_kv_close(kv_backend *b)
     rb->prefix = NULL;
 }
 
-/* A Redis server is shared: what this store holds is not known. */
+/*
+ * A Redis server is shared: what this store holds is not known. Reports
+ * how often the store's connection was re-established.
+ */
 static void redis_kv_stats(kv_backend *b, kv_backend_stats *out)
 {
-    (void)b;
+    struct redis_backend *rb = redis_of(b);
+
     out->known = false;
+    out->reconnects = rb->conn ? redis_conn_reconnects(rb->conn) : 0;
 }
 
 static bool redis_kv_healthy(kv_backend *b)

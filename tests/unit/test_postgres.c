@@ -10,8 +10,10 @@
  * connections (calls fail fast with KV_EUNAVAIL once the pool is down)
  * and a listener that accepts but never answers (a waiting call times out
  * with KV_ETIMEDOUT); closing answers what is left and frees everything
- * (checked under ASan). The SQL itself is exercised by the e2e suite
- * against a real server.
+ * (checked under ASan). A fake server that speaks only the startup and
+ * simple-query messages shows that the reconnect counter counts each pool
+ * connection that comes back after a loss, never the first connects. The
+ * SQL itself is exercised by the e2e suite against a real server.
  *
  * The backend logs through srv_log(); a stub below collects the lines so
  * tests can check that no password reaches a log.
@@ -27,6 +29,7 @@
 #include <cmocka.h>
 #include <uv.h>
 
+#include "backends/postgres/pg_conn.h"
 #include "backends/postgres/pg_int.h"
 #include "backends/postgres/postgres.h"
 #include "kvstore/kvstore.h"
@@ -739,6 +742,303 @@ TEST(keys__with_a_bad_cursor__is_refused_before_any_io)
     t_drain(&loop);
 }
 
+/* ------------------------------------------------------------------ */
+/* A fake server, for the reconnect counter                             */
+
+#define T_FAKE_CLIENTS 8      /* connections a fake server keeps */
+#define T_FAKE_BUF_BYTES 4096 /* unanswered bytes per connection */
+
+/*
+ * Just enough of the PostgreSQL protocol (v3) on the test's loop for
+ * libpq to connect and for the store to create its table: the startup
+ * message gets AuthenticationOk, a few ParameterStatus and ReadyForQuery;
+ * a simple Query gets CommandComplete and ReadyForQuery. The url must
+ * disable TLS and GSS encryption (no SSLRequest). t_pgfake_drop() closes
+ * every connection, as a server that restarted would.
+ */
+struct t_pgfake;
+
+struct t_pgfake_client {
+    uv_tcp_t tcp;
+    struct t_pgfake *fake;
+    bool started; /* the startup message was answered */
+    unsigned char buf[T_FAKE_BUF_BYTES];
+    size_t len;
+};
+
+struct t_pgfake {
+    uv_tcp_t server;
+    struct t_pgfake_client *clients[T_FAKE_CLIENTS];
+    int started; /* connections that got ReadyForQuery after startup */
+    int port;
+};
+
+static void t_pgfake_client_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void t_pgfake_client_close(struct t_pgfake_client *cl)
+{
+    int i;
+
+    for (i = 0; i < T_FAKE_CLIENTS; i++)
+        if (cl->fake->clients[i] == cl)
+            cl->fake->clients[i] = NULL;
+    uv_close((uv_handle_t *)&cl->tcp, t_pgfake_client_closed);
+}
+
+static uint32_t t_get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+/* Appends one message: type, length, then body. */
+static size_t t_pgmsg(unsigned char *out, char type, const void *body,
+                      size_t len)
+{
+    uint32_t n = (uint32_t)len + 4;
+
+    out[0] = (unsigned char)type;
+    out[1] = (unsigned char)(n >> 24);
+    out[2] = (unsigned char)(n >> 16);
+    out[3] = (unsigned char)(n >> 8);
+    out[4] = (unsigned char)n;
+    memcpy(out + 5, body, len);
+    return len + 5;
+}
+
+static void t_pgfake_send(struct t_pgfake_client *cl, const unsigned char *p,
+                          size_t len)
+{
+    uv_buf_t buf = uv_buf_init((char *)p, (unsigned)len);
+
+    assert_int_equal(uv_try_write((uv_stream_t *)&cl->tcp, &buf, 1), (int)len);
+}
+
+static void t_pgfake_answer_startup(struct t_pgfake_client *cl)
+{
+    static const char params[] = "server_version\0"
+                                 "15.0\0"
+                                 "client_encoding\0"
+                                 "UTF8\0"
+                                 "standard_conforming_strings\0"
+                                 "on\0";
+    unsigned char out[256];
+    const char *p = params;
+    size_t n = 0, a, v;
+
+    n += t_pgmsg(out + n, 'R', "\0\0\0\0", 4); /* AuthenticationOk */
+    while (p < params + sizeof params - 1) {
+        a = strlen(p) + 1;
+        v = strlen(p + a) + 1;
+        n += t_pgmsg(out + n, 'S', p, a + v);
+        p += a + v;
+    }
+    n += t_pgmsg(out + n, 'Z', "I", 1);
+    t_pgfake_send(cl, out, n);
+    cl->started = true;
+    cl->fake->started++;
+}
+
+static void t_pgfake_answer_query(struct t_pgfake_client *cl)
+{
+    static const char tag[] = "CREATE INDEX";
+    unsigned char out[64];
+    size_t n = 0;
+
+    n += t_pgmsg(out + n, 'C', tag, sizeof tag);
+    n += t_pgmsg(out + n, 'Z', "I", 1);
+    t_pgfake_send(cl, out, n);
+}
+
+static void t_pgfake_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    struct t_pgfake_client *cl = h->data;
+
+    (void)hint;
+    *buf = uv_buf_init((char *)cl->buf + cl->len,
+                       (unsigned)(sizeof cl->buf - cl->len));
+}
+
+static void t_pgfake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct t_pgfake_client *cl = s->data;
+    size_t used;
+
+    (void)buf;
+    if (n < 0) {
+        t_pgfake_client_close(cl);
+        return;
+    }
+    cl->len += (size_t)n;
+    for (;;) {
+        /* Startup: length, version, parameters; then type and length. */
+        size_t head = cl->started ? 1 : 0;
+        if (cl->len < head + 4)
+            break;
+        used = head + t_get32(cl->buf + head);
+        if (cl->len < used)
+            break;
+        if (!cl->started)
+            t_pgfake_answer_startup(cl);
+        else if (cl->buf[0] == 'Q')
+            t_pgfake_answer_query(cl);
+        memmove(cl->buf, cl->buf + used, cl->len - used);
+        cl->len -= used;
+    }
+    assert_true(cl->len < sizeof cl->buf);
+}
+
+static void t_pgfake_on_conn(uv_stream_t *srv, int status)
+{
+    struct t_pgfake *f = srv->data;
+    struct t_pgfake_client *cl;
+    int i;
+
+    assert_int_equal(status, 0);
+    cl = calloc(1, sizeof *cl);
+    assert_non_null(cl);
+    cl->fake = f;
+    cl->tcp.data = cl;
+    assert_int_equal(uv_tcp_init(srv->loop, &cl->tcp), 0);
+    assert_int_equal(uv_accept(srv, (uv_stream_t *)&cl->tcp), 0);
+    for (i = 0; i < T_FAKE_CLIENTS && f->clients[i]; i++)
+        ;
+    if (i == T_FAKE_CLIENTS) {
+        uv_close((uv_handle_t *)&cl->tcp, t_pgfake_client_closed);
+        return;
+    }
+    f->clients[i] = cl;
+    uv_read_start((uv_stream_t *)&cl->tcp, t_pgfake_alloc, t_pgfake_read);
+}
+
+static void t_pgfake_start(struct t_pgfake *f, uv_loop_t *loop)
+{
+    struct sockaddr_in addr;
+    struct sockaddr_storage got;
+    int len = sizeof got;
+
+    memset(f, 0, sizeof *f);
+    assert_int_equal(uv_tcp_init(loop, &f->server), 0);
+    f->server.data = f;
+    uv_ip4_addr("127.0.0.1", 0, &addr);
+    assert_int_equal(uv_tcp_bind(&f->server, (struct sockaddr *)&addr, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&f->server, 16, t_pgfake_on_conn),
+                     0);
+    uv_tcp_getsockname(&f->server, (struct sockaddr *)&got, &len);
+    f->port = ntohs(((struct sockaddr_in *)&got)->sin_port);
+}
+
+static void t_pgfake_drop(struct t_pgfake *f)
+{
+    int i;
+
+    for (i = 0; i < T_FAKE_CLIENTS; i++)
+        if (f->clients[i])
+            t_pgfake_client_close(f->clients[i]);
+}
+
+static void t_pgfake_stop(struct t_pgfake *f)
+{
+    t_pgfake_drop(f);
+    uv_close((uv_handle_t *)&f->server, NULL);
+}
+
+/* The store's reconnect count, as /metrics reads it. */
+static uint64_t t_reconnects(struct t_store *s)
+{
+    kv_backend_stats st = {0};
+
+    pg_backend_ops.stats(s->b, &st);
+    assert_false(st.known);
+    return st.reconnects;
+}
+
+/* What the loop waits for in t_spin. */
+struct t_wait {
+    struct t_pgfake *fake;
+    struct t_store *store;
+    uint64_t reconnects; /* at least this many */
+    uint64_t until_ns;   /* uv_hrtime, for a pause */
+};
+
+static bool t_pool_settled(const struct t_wait *w)
+{
+    return w->fake->started == PG_POOL_CONNS &&
+           pg_backend_ops.healthy(w->store->b);
+}
+
+static bool t_reconnected(const struct t_wait *w)
+{
+    return t_reconnects(w->store) >= w->reconnects &&
+           pg_backend_ops.healthy(w->store->b);
+}
+
+static bool t_paused(const struct t_wait *w)
+{
+    return uv_hrtime() >= w->until_ns;
+}
+
+/* Turns the loop until until(w) holds, T_LOOP_LIMIT_MS at most. */
+static void t_spin(uv_loop_t *loop, bool (*until)(const struct t_wait *),
+                   const struct t_wait *w)
+{
+    uint64_t start = uv_hrtime();
+    uv_timer_t keep;
+    int done;
+
+    uv_timer_init(loop, &keep);
+    uv_timer_start(&keep, t_tick, 10, 10);
+    while (!until(w) && uv_hrtime() - start < T_LOOP_LIMIT_MS * 1000000ULL)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&keep, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    done = until(w);
+    assert_true(done);
+}
+
+TEST(stats__reconnects__count_each_pool_connection_back_after_a_loss)
+{
+    uv_loop_t loop;
+    struct t_pgfake f;
+    struct t_store s, other;
+    struct t_wait w = {.fake = &f, .store = &s};
+    kv_err err = {0};
+    char url[128];
+
+    uv_loop_init(&loop);
+    t_pgfake_start(&f, &loop);
+    snprintf(url, sizeof url,
+             "host=127.0.0.1 port=%d dbname=kvbus "
+             "sslmode=disable gssencmode=disable",
+             f.port);
+    assert_int_equal(t_open(&s, &loop, url, 2000, &err), 0);
+    assert_int_equal(t_reconnects(&s), 0);
+
+    /* Every connection of the pool comes up: none of these counts. The
+     * pause lets libpq read the last ReadyForQuery the fake sent. */
+    t_spin(&loop, t_pool_settled, &w);
+    w.until_ns = uv_hrtime() + T_SHORT_TIMEOUT_MS * 1000000ULL;
+    t_spin(&loop, t_paused, &w);
+    assert_int_equal(t_reconnects(&s), 0);
+
+    /* The server drops them all: each one back counts once, and another
+     * store on the same url reports the same, shared count. */
+    t_pgfake_drop(&f);
+    w.reconnects = PG_POOL_CONNS;
+    t_spin(&loop, t_reconnected, &w);
+    assert_int_equal(t_reconnects(&s), PG_POOL_CONNS);
+    assert_int_equal(t_open(&other, &loop, url, 2000, &err), 0);
+    assert_int_equal(t_reconnects(&other), PG_POOL_CONNS);
+
+    t_close(&other);
+    t_close(&s);
+    t_pgfake_stop(&f);
+    t_drain(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -782,6 +1082,8 @@ int main(void)
             server_mute__a_waiting_call_times_out_and_close_answers_the_rest),
         cmocka_unit_test(mget__of_no_keys__answers_at_once_without_a_server),
         cmocka_unit_test(keys__with_a_bad_cursor__is_refused_before_any_io),
+        cmocka_unit_test(
+            stats__reconnects__count_each_pool_connection_back_after_a_loss),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -11,10 +11,12 @@
  * then run on a real libuv loop against a loopback port nobody listens on:
  * a call made during the first attempt waits and fails with KV_EUNAVAIL,
  * later calls fail at once, close completes pending calls and leaves no
- * handle open, and open refuses bad configuration without leaking.
- * Everything that needs a server (commands, TTLs, CAS, paging, timeouts,
- * reconnection) is covered by the e2e suite run with
- * KVBUS_TEST_BACKEND=redis.
+ * handle open, and open refuses bad configuration without leaking. A fake
+ * server that answers only the connection handshake shows that the
+ * reconnect counter counts each return after a loss, never the first
+ * connect. Everything that needs a real server (commands, TTLs, CAS,
+ * paging, timeouts, outages) is covered by the e2e suite run with
+ * KVBUS_TEST_BACKEND=redis (tests/e2e/redis.test.mjs).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -877,6 +879,266 @@ TEST(backend__mget_of_no_keys__answers_at_once)
     t_loop_finish(&loop);
 }
 
+/* ------------------------------------------------------------------ */
+/* A fake Redis server, for the reconnect counter                       */
+
+#define T_FAKE_CLIENTS 4      /* connections a fake server keeps */
+#define T_FAKE_BUF_BYTES 8192 /* unanswered command bytes per connection */
+
+/*
+ * Just enough of a Redis server on the test's loop for a connection to
+ * become ready: PING answers +PONG, SCRIPT (LOAD) a 40-byte "SHA1", any
+ * other command +OK. t_fake_drop() closes every connection, as a server
+ * that went away and came back would.
+ */
+struct t_fake;
+
+struct t_fake_client {
+    uv_tcp_t tcp;
+    struct t_fake *fake;
+    char buf[T_FAKE_BUF_BYTES];
+    size_t len;
+};
+
+struct t_fake {
+    uv_tcp_t server;
+    struct t_fake_client *clients[T_FAKE_CLIENTS];
+    int port;
+};
+
+static void t_fake_client_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void t_fake_client_close(struct t_fake_client *cl)
+{
+    int i;
+
+    for (i = 0; i < T_FAKE_CLIENTS; i++)
+        if (cl->fake->clients[i] == cl)
+            cl->fake->clients[i] = NULL;
+    uv_close((uv_handle_t *)&cl->tcp, t_fake_client_closed);
+}
+
+/*
+ * The length of the first complete command (a RESP array of bulk strings)
+ * in p, with its first argument in *name; 0 while it is incomplete.
+ */
+static size_t t_resp_command(const char *p, size_t len, const char **name,
+                             size_t *name_len)
+{
+    const char *end = p + len, *q = p, *nl;
+    long n, i, alen;
+
+    if (len == 0 || *q != '*' || !(nl = memchr(q, '\n', len)))
+        return 0;
+    n = strtol(q + 1, NULL, 10);
+    q = nl + 1;
+    for (i = 0; i < n; i++) {
+        if (q >= end || *q != '$' || !(nl = memchr(q, '\n', (size_t)(end - q))))
+            return 0;
+        alen = strtol(q + 1, NULL, 10);
+        q = nl + 1;
+        if (end - q < alen + 2)
+            return 0;
+        if (i == 0) {
+            *name = q;
+            *name_len = (size_t)alen;
+        }
+        q += alen + 2;
+    }
+    return (size_t)(q - p);
+}
+
+static void t_fake_send(struct t_fake_client *cl, const char *text)
+{
+    uv_buf_t buf = uv_buf_init((char *)text, (unsigned)strlen(text));
+
+    assert_int_equal(uv_try_write((uv_stream_t *)&cl->tcp, &buf, 1),
+                     (int)buf.len);
+}
+
+static void t_fake_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    struct t_fake_client *cl = h->data;
+
+    (void)hint;
+    *buf = uv_buf_init(cl->buf + cl->len, (unsigned)(sizeof cl->buf - cl->len));
+}
+
+static void t_fake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct t_fake_client *cl = s->data;
+    const char *name = NULL;
+    size_t used, name_len = 0;
+
+    (void)buf;
+    if (n < 0) {
+        t_fake_client_close(cl);
+        return;
+    }
+    cl->len += (size_t)n;
+    while ((used = t_resp_command(cl->buf, cl->len, &name, &name_len)) > 0) {
+        if (name_len == 4 && memcmp(name, "PING", 4) == 0)
+            t_fake_send(cl, "+PONG\r\n");
+        else if (name_len == 6 && memcmp(name, "SCRIPT", 6) == 0)
+            t_fake_send(cl, "$40\r\n"
+                            "0123456789abcdef0123456789abcdef01234567\r\n");
+        else
+            t_fake_send(cl, "+OK\r\n");
+        memmove(cl->buf, cl->buf + used, cl->len - used);
+        cl->len -= used;
+    }
+    assert_true(cl->len < sizeof cl->buf);
+}
+
+static void t_fake_on_conn(uv_stream_t *srv, int status)
+{
+    struct t_fake *f = srv->data;
+    struct t_fake_client *cl;
+    int i;
+
+    assert_int_equal(status, 0);
+    cl = calloc(1, sizeof *cl);
+    assert_non_null(cl);
+    cl->fake = f;
+    cl->tcp.data = cl;
+    assert_int_equal(uv_tcp_init(srv->loop, &cl->tcp), 0);
+    assert_int_equal(uv_accept(srv, (uv_stream_t *)&cl->tcp), 0);
+    for (i = 0; i < T_FAKE_CLIENTS && f->clients[i]; i++)
+        ;
+    if (i == T_FAKE_CLIENTS) {
+        uv_close((uv_handle_t *)&cl->tcp, t_fake_client_closed);
+        return;
+    }
+    f->clients[i] = cl;
+    uv_read_start((uv_stream_t *)&cl->tcp, t_fake_alloc, t_fake_read);
+}
+
+/* Listens on 127.0.0.1:port (0 = any free port). */
+static void t_fake_start(struct t_fake *f, uv_loop_t *loop, int port)
+{
+    struct sockaddr_in addr;
+    struct sockaddr_storage got;
+    int len = sizeof got;
+
+    memset(f, 0, sizeof *f);
+    assert_int_equal(uv_tcp_init(loop, &f->server), 0);
+    f->server.data = f;
+    assert_int_equal(uv_ip4_addr("127.0.0.1", port, &addr), 0);
+    assert_int_equal(uv_tcp_bind(&f->server, (struct sockaddr *)&addr, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&f->server, 16, t_fake_on_conn),
+                     0);
+    assert_int_equal(
+        uv_tcp_getsockname(&f->server, (struct sockaddr *)&got, &len), 0);
+    f->port = ntohs(((struct sockaddr_in *)&got)->sin_port);
+}
+
+/* Closes every connection the fake accepted. */
+static void t_fake_drop(struct t_fake *f)
+{
+    int i;
+
+    for (i = 0; i < T_FAKE_CLIENTS; i++)
+        if (f->clients[i])
+            t_fake_client_close(f->clients[i]);
+}
+
+static void t_fake_stop(struct t_fake *f)
+{
+    t_fake_drop(f);
+    uv_close((uv_handle_t *)&f->server, NULL);
+}
+
+/* The backend's reconnect count, as /metrics reads it. */
+static uint64_t t_reconnects(kv_backend *b)
+{
+    kv_backend_stats st = {0};
+
+    b->ops->stats(b, &st);
+    assert_false(st.known);
+    return st.reconnects;
+}
+
+/*
+ * Turns the loop until b is healthy with `want` reconnects counted (or
+ * T_WAIT_MS_MAX passes), then checks it is exactly that.
+ */
+static void t_run_until_ready(uv_loop_t *loop, kv_backend *b, uint64_t want)
+{
+    uv_timer_t guard;
+    bool fired = false;
+
+    uv_timer_init(loop, &guard);
+    guard.data = &fired;
+    uv_timer_start(&guard, t_guard_fired, T_WAIT_MS_MAX, 0);
+    while (!(b->ops->healthy(b) && t_reconnects(b) >= want) && !fired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    assert_true(b->ops->healthy(b));
+    assert_int_equal(t_reconnects(b), want);
+}
+
+TEST(stats__connection_lost_then_back__counts_one_reconnect_each_time)
+{
+    uv_loop_t loop;
+    struct t_fake f;
+    char url[64];
+    kv_store_conf conf = {.name = "s", .backend = "redis", .url = url};
+    kv_err err = {0};
+    kv_backend *b;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    t_fake_start(&f, &loop, 0);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", f.port);
+    b = t_backend_new(&loop, &conf);
+    assert_int_equal(b->ops->open(b, &conf, &err), 0);
+    assert_int_equal(t_reconnects(b), 0);
+    t_run_until_ready(&loop, b, 0); /* the first connect is not one */
+
+    t_fake_drop(&f);
+    t_run_until_ready(&loop, b, 1);
+    t_fake_drop(&f);
+    t_run_until_ready(&loop, b, 2);
+
+    b->ops->close(b);
+    free(b);
+    t_fake_stop(&f);
+    t_loop_finish(&loop);
+}
+
+TEST(stats__first_connect_after_refused_attempts__is_not_a_reconnect)
+{
+    uv_loop_t loop;
+    struct t_fake f;
+    char url[64];
+    kv_store_conf conf = {.name = "s", .backend = "redis", .url = url};
+    kv_req get = {.op = KV_OP_GET, .key = B("k")};
+    struct t_done d = {0};
+    kv_err err = {0};
+    kv_backend *b;
+    int port;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    port = t_closed_port(&loop);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
+    b = t_backend_new(&loop, &conf);
+    assert_int_equal(b->ops->open(b, &conf, &err), 0);
+    assert_int_equal(b->ops->get(b, &get, t_kv_done, &d, &err), 0);
+    t_run_until(&loop, &d.calls, 1); /* the first attempt was refused */
+    assert_int_equal(d.status, KV_EUNAVAIL);
+
+    t_fake_start(&f, &loop, port); /* the server shows up */
+    t_run_until_ready(&loop, b, 0);
+
+    b->ops->close(b);
+    free(b);
+    t_fake_stop(&f);
+    t_loop_finish(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -929,6 +1191,10 @@ int main(void)
         cmocka_unit_test(
             backend__close_with_calls_waiting__completes_them_first),
         cmocka_unit_test(backend__mget_of_no_keys__answers_at_once),
+        cmocka_unit_test(
+            stats__connection_lost_then_back__counts_one_reconnect_each_time),
+        cmocka_unit_test(
+            stats__first_connect_after_refused_attempts__is_not_a_reconnect),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
