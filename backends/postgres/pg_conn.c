@@ -56,6 +56,7 @@ struct pg_conn {
     PGconn *pg;          /* NULL while WAITING or CLOSED */
     uv_poll_t *poll;     /* own allocation; NULL when not watching */
     int poll_fd;         /* the socket poll watches */
+    int poll_events;     /* UV_READABLE/UV_WRITABLE last started */
     uv_timer_t *timer;   /* own allocation: backoff wait or connect limit */
     pg_query *running;   /* BUSY: the statement sent */
     PGresult *last;      /* its latest result */
@@ -451,6 +452,11 @@ static bool conn_watch(struct pg_conn *c, int events)
         p->handles++;
         uv_unref((uv_handle_t *)c->poll);
     }
+    /* Re-arming with the same events would cost two epoll_ctl calls per
+     * statement for nothing. */
+    if (uv_is_active((uv_handle_t *)c->poll) && c->poll_events == events)
+        return true;
+    c->poll_events = events;
     rc = uv_poll_start(c->poll, events, conn_on_poll);
     if (rc != 0) {
         conn_lost(c, uv_strerror(rc), true);
