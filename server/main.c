@@ -38,6 +38,7 @@ static const struct kv_backend_ops *const backends[] = {
 /* Every pub/sub provider this binary can carry messages with. */
 static const struct ps_provider_ops *const providers[] = {
     &ps_memory_provider_ops,
+    &redis_provider_ops,
     NULL,
 };
 

@@ -14,14 +14,22 @@
  * Statistics are unknown (a Redis server is shared). Configuration, layout
  * and failure behaviour: docs/backends-redis.md.
  *
+ * The same folder holds the Redis pub/sub provider (redis_pubsub.c): one
+ * publishing and one PSUBSCRIBEd connection per node, in the kvbus or the
+ * Nuxeo wire format (docs/cluster.md).
+ *
  * Runs on: the event loop thread only.
  */
 #ifndef KVBUS_BACKEND_REDIS_H
 #define KVBUS_BACKEND_REDIS_H
 
 #include "kvstore/kvstore.h"
+#include "pubsub/pubsub.h"
 
 /* The method table the registry routes "redis" stores to. */
 extern const struct kv_backend_ops redis_backend_ops;
+
+/* The pub/sub provider "redis" (pubsub.provider = redis). */
+extern const struct ps_provider_ops redis_provider_ops;
 
 #endif

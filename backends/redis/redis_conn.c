@@ -14,7 +14,11 @@
  *   during the first attempt are held, formatted, until it ends;
  * - the connection's states: resolving (uv_getaddrinfo, for host names),
  *   connecting (TCP connect then AUTH, SELECT, SCRIPT LOAD, PING), ready,
- *   and down (waiting for the retry timer).
+ *   and down (waiting for the retry timer);
+ * - subscriber connections, whose handshake ends with PSUBSCRIBE instead
+ *   of PING. hiredis keeps that call's callback for the life of the
+ *   context and calls it for the confirmation, for every message, and
+ *   last with a NULL reply when the context goes, which frees the record.
  *
  * Lifetime: the connection holds a reference for its owner, one per timer
  * and per hiredis context (its poll handle), and one while a name is being
@@ -55,6 +59,7 @@ enum handshake_step {
     HS_SELECT,
     HS_SCRIPT,
     HS_PING, /* the last one: its answer makes the connection ready */
+    HS_PSUB, /* instead of PING on a subscriber: confirmed = ready */
 };
 
 struct redis_call {
@@ -89,6 +94,10 @@ struct redis_conn {
     const char *const *scripts;
     size_t nscripts;
     char (*shas)[REDIS_SHA_HEX + 1]; /* per script; "" until loaded */
+    char *psub;                      /* subscriber's pattern, or NULL */
+    redis_message_cb on_message;
+    redis_state_cb on_state;
+    void *ud; /* for on_message and on_state */
 
     enum conn_state state;
     bool starting;      /* the first attempt has not ended: calls may wait */
@@ -124,6 +133,7 @@ void redis__conn_unref(redis_conn *c)
         return;
     redis__url_clear(&c->url);
     free(c->shas);
+    free(c->psub);
     free(c->label);
     free(c);
 }
@@ -326,6 +336,11 @@ int redis_conn_command(redis_conn *c, int argc, const char **argv,
     char *cmd = NULL;
     int len;
 
+    if (c->psub)
+        return kv_err_set(err, KV_EINVAL,
+                          "%s: a subscriber connection only "
+                          "receives",
+                          c->label);
     if (!conn_accepts(c))
         return conn_err_down(c, err);
     len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
@@ -433,6 +448,8 @@ static bool reply_is_noscript(const redisReply *r)
 static void conn_handshake_reply(redis_conn *c, redisAsyncContext *ac,
                                  struct redis_call *call,
                                  const redisReply *reply);
+static void conn_psub_reply(redis_conn *c, redisAsyncContext *ac,
+                            struct redis_call *call, const redisReply *reply);
 
 /* hiredis's callback for every command: the reply, or NULL on teardown.
  * It is hiredis's last word on the call unless we send it again. */
@@ -443,6 +460,10 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
     const redisReply *reply = r;
     kv_err e = {0};
 
+    if (call->hs == HS_PSUB) {
+        conn_psub_reply(c, ac, call, reply);
+        return;
+    }
     call->sent = false;
     if (call->done) {
         call_free(call); /* answered already (timeout, close) */
@@ -557,6 +578,8 @@ static void conn_attempt_over(redis_conn *c)
                    "%s: redis %s connection lost (%s); reconnecting", c->label,
                    c->addr, c->reason);
         c->outage_logged = true;
+        if (c->on_state)
+            c->on_state(false, false, c->ud);
     } else {
         c->failures++;
         if (!c->outage_logged) {
@@ -618,14 +641,68 @@ static void conn_ready(redis_conn *c)
             call_fail(c, call, &e);
         }
     }
+    if (c->on_state)
+        c->on_state(true, c->reconnects > 0, c->ud);
+}
+
+/* True when element i of array r is a string equal to text. */
+static bool reply_elem_is(const redisReply *r, size_t i, const char *text)
+{
+    size_t n = strlen(text);
+
+    return r->type == REDIS_REPLY_ARRAY && i < r->elements &&
+           (r->element[i]->type == REDIS_REPLY_STRING ||
+            r->element[i]->type == REDIS_REPLY_STATUS) &&
+           r->element[i]->len == n && memcmp(r->element[i]->str, text, n) == 0;
+}
+
+/*
+ * hiredis's callback of a subscriber's PSUBSCRIBE: the confirmation (the
+ * connection becomes ready), then one call per message, then NULL when
+ * the context goes, hiredis's last word on the record, which frees it.
+ */
+static void conn_psub_reply(redis_conn *c, redisAsyncContext *ac,
+                            struct redis_call *call, const redisReply *reply)
+{
+    const redisReply *ch, *payload;
+
+    if (!reply) {
+        list_remove(c, call);
+        call_free(call);
+        return;
+    }
+    if (call->done || ac != c->ac || c->dropping || c->closing)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        conn_drop(c, "PSUBSCRIBE failed: %.*s",
+                  (int)(reply->len > 100 ? 100 : reply->len), reply->str);
+        return;
+    }
+    if (call->listed) {
+        if (!reply_elem_is(reply, 0, "psubscribe")) {
+            conn_drop(c, "PSUBSCRIBE gave an unexpected answer");
+            return;
+        }
+        list_remove(c, call);
+        conn_ready(c);
+        return;
+    }
+    if (!reply_elem_is(reply, 0, "pmessage") || reply->elements != 4)
+        return; /* another confirmation: nothing to do */
+    ch = reply->element[2];
+    payload = reply->element[3];
+    if (ch->type != REDIS_REPLY_STRING || payload->type != REDIS_REPLY_STRING)
+        return;
+    if (c->on_message)
+        c->on_message(ch->str, ch->len, payload->str, payload->len, c->ud);
 }
 
 static void conn_handshake_reply(redis_conn *c, redisAsyncContext *ac,
                                  struct redis_call *call,
                                  const redisReply *reply)
 {
-    static const char *const names[] = {"", "AUTH", "SELECT", "SCRIPT LOAD",
-                                        "PING"};
+    static const char *const names[] = {
+        "", "AUTH", "SELECT", "SCRIPT LOAD", "PING", "PSUBSCRIBE"};
 
     if (ac != c->ac || c->dropping)
         return;
@@ -721,7 +798,11 @@ static void conn_connect(redis_conn *c, const char *ip)
         argv[2] = c->scripts[i];
         ok = conn_handshake_send(c, HS_SCRIPT, i, 3, argv);
     }
-    if (ok) {
+    if (ok && c->psub) {
+        argv[0] = "PSUBSCRIBE";
+        argv[1] = c->psub;
+        ok = conn_handshake_send(c, HS_PSUB, 0, 2, argv);
+    } else if (ok) {
         argv[0] = "PING";
         ok = conn_handshake_send(c, HS_PING, 0, 1, argv);
     }
@@ -830,10 +911,12 @@ int redis_conn_open(uv_loop_t *loop, const redis_conn_conf *conf,
     c->loop = loop;
     c->label = strdup(conf->label ? conf->label : "redis");
     c->shas = calloc(conf->nscripts ? conf->nscripts : 1, sizeof *c->shas);
-    if (!c->label || !c->shas) {
+    c->psub = conf->psubscribe ? strdup(conf->psubscribe) : NULL;
+    if (!c->label || !c->shas || (conf->psubscribe && !c->psub)) {
         redis__url_clear(&c->url);
         free(c->label);
         free(c->shas);
+        free(c->psub);
         free(c);
         return kv_err_set(err, KV_ENOMEM, "out of memory");
     }
@@ -844,6 +927,9 @@ int redis_conn_open(uv_loop_t *loop, const redis_conn_conf *conf,
         conf->op_timeout_ms ? conf->op_timeout_ms : KV_OP_TIMEOUT_MS_DEFAULT;
     c->scripts = conf->scripts;
     c->nscripts = conf->nscripts;
+    c->on_message = conf->on_message;
+    c->on_state = conf->on_state;
+    c->ud = conf->ud;
     c->backoff_ms = REDIS_BACKOFF_MIN_MS;
     c->starting = true;
     c->refs = 3; /* the owner and the two timers */

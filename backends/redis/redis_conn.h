@@ -1,6 +1,6 @@
 /*
  * redis_conn.h - one connection to a Redis server on the libuv loop, shared
- * by the Redis KV backend and, later, the Redis pub/sub provider.
+ * by the Redis KV backend and the Redis pub/sub provider.
  *
  * A connection is opened from a redis:// URL (see redis_int.h for the
  * grammar) and runs on hiredis's asynchronous API attached to the loop.
@@ -30,6 +30,13 @@
  * soon as close returns, because close first completes every pending call.
  * The loop is not kept alive by an idle connection.
  *
+ * Subscriber connections: a conf with `psubscribe` set makes the last step
+ * of every handshake PSUBSCRIBE <pattern> instead of PING; the connection
+ * is ready once Redis confirms the subscription, and from then on only
+ * receives: every published message matching the pattern is handed to
+ * on_message on the loop thread, and redis_conn_command refuses calls
+ * (KV_EINVAL). It reconnects and re-subscribes like any connection.
+ *
  * Runs on: the event loop thread only.
  */
 #ifndef KVBUS_BACKEND_REDIS_CONN_H
@@ -50,12 +57,32 @@ struct uv_loop_s;
 
 typedef struct redis_conn redis_conn;
 
+/*
+ * A message received by a subscriber connection, on the loop thread:
+ * channel and payload are binary-safe and valid until the callback
+ * returns. The callback must not close the connection.
+ */
+typedef void (*redis_message_cb)(const char *channel, size_t channel_len,
+                                 const char *payload, size_t len, void *ud);
+
+/*
+ * A change of state, on the loop thread: ready is true when the
+ * connection (for a subscriber: the subscription) is up, false when it was
+ * lost. reconnected is true when ready follows an earlier ready state
+ * (something may have been missed in between). Not called by close.
+ */
+typedef void (*redis_state_cb)(bool ready, bool reconnected, void *ud);
+
 typedef struct redis_conn_conf {
     const char *url;            /* redis://[[user:]password@]host[:port][/db] */
     const char *label;          /* who uses it, for logs: "store sessions" */
     uint32_t op_timeout_ms;     /* per call; 0 = KV_OP_TIMEOUT_MS_DEFAULT */
     const char *const *scripts; /* Lua bodies loaded on every connect */
     size_t nscripts;            /* entries in scripts */
+    const char *psubscribe;     /* pattern: a subscriber connection; or NULL */
+    redis_message_cb on_message; /* subscriber: each message received */
+    redis_state_cb on_state;     /* optional: ready / lost */
+    void *ud;                    /* for on_message and on_state */
 } redis_conn_conf;
 
 /*
@@ -100,8 +127,8 @@ uint64_t redis_conn_reconnects(const redis_conn *c);
 /*
  * Sends one command (argc arguments, binary-safe, borrowed for the call)
  * and calls cb with its reply. Returns 0 and calls cb exactly once, later;
- * or returns KV_EUNAVAIL (not connected) or KV_ENOMEM with err set and
- * never calls cb.
+ * or returns KV_EUNAVAIL (not connected), KV_EINVAL (a subscriber
+ * connection) or KV_ENOMEM with err set and never calls cb.
  */
 int redis_conn_command(redis_conn *c, int argc, const char **argv,
                        const size_t *argvlen, redis_reply_cb cb, void *ud,

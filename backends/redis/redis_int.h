@@ -18,6 +18,7 @@
 
 #include "backends/redis/redis_conn.h"
 #include "kvstore/kvstore.h"
+#include "pubsub/pubsub.h"
 
 struct redisAsyncContext;
 struct uv_loop_s;
@@ -80,6 +81,43 @@ enum redis_log_level {
  */
 void redis__log(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* ------------------------------------------------------------------ */
+/* Pub/sub wire formats (pure; docs/cluster.md)                         */
+
+#define REDIS_PS_MAGIC "kvbus1" /* first word of the kvbus envelope */
+#define REDIS_PS_HEAD_MAX 192   /* magic, node id, two u64, spaces, LF */
+
+/* The origin stamp a received message carries. */
+typedef struct redis_ps_stamp {
+    char node[PS_NODE_ID_MAX + 1]; /* NUL-terminated */
+    uint64_t seq;                  /* 0 in the nuxeo format */
+    uint64_t ts_ms;                /* 0 in the nuxeo format */
+    const char *data;              /* payload, inside the parsed bytes */
+    size_t len;
+} redis_ps_stamp;
+
+/*
+ * Writes the head of the kvbus envelope of m, "kvbus1 <node> <seq> <ts>\n",
+ * into buf (REDIS_PS_HEAD_MAX bytes); the payload bytes follow it on the
+ * wire. Returns the length written (not NUL-terminated).
+ */
+size_t redis__ps_envelope_head(const ps_message *m, char *buf);
+
+/*
+ * Parses a kvbus envelope (p, len) into *out, whose data points into p.
+ * Returns 0, or -1 when it is not a well-formed envelope of version 1
+ * (wrong magic, node id empty, too long or not printable, numbers not
+ * canonical decimal, no LF).
+ */
+int redis__ps_envelope_parse(const char *p, size_t len, redis_ps_stamp *out);
+
+/*
+ * Parses a Nuxeo message "<node_id>:<payload>" (split at the first ':')
+ * into *out (seq and ts_ms 0). Returns 0, or -1 without a ':' or with an
+ * empty, too long or unprintable node id.
+ */
+int redis__ps_nuxeo_parse(const char *p, size_t len, redis_ps_stamp *out);
 
 /* ------------------------------------------------------------------ */
 /* Keys: glob escaping, cursors, pages                                  */

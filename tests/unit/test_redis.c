@@ -14,8 +14,13 @@
  * handle open, and open refuses bad configuration without leaking. A fake
  * server that answers only the connection handshake shows that the
  * reconnect counter counts each return after a loss, never the first
- * connect. Everything that needs a real server (commands, TTLs, CAS,
- * paging, timeouts, outages) is covered by the e2e suite run with
+ * connect. The pub/sub wire formats (the kvbus envelope, Nuxeo's
+ * "<node>:<payload>") are tested as pure functions, and the pub/sub
+ * provider runs against the fake server, which also confirms PSUBSCRIBE
+ * and pushes messages, with the bus functions it calls (ps_bus_receive,
+ * ps_bus_reset, ps_bus_node_id, ps_check_topic) defined here as recorders:
+ * this driver links no bus. Everything that needs a real server (commands,
+ * TTLs, CAS, paging, timeouts, outages) is covered by the e2e suite run with
  * KVBUS_TEST_BACKEND=redis (tests/e2e/redis.test.mjs).
  */
 #include <setjmp.h>
@@ -888,8 +893,10 @@ TEST(backend__mget_of_no_keys__answers_at_once)
 /*
  * Just enough of a Redis server on the test's loop for a connection to
  * become ready: PING answers +PONG, SCRIPT (LOAD) a 40-byte "SHA1", any
- * other command +OK. t_fake_drop() closes every connection, as a server
- * that went away and came back would.
+ * other command +OK; PSUBSCRIBE confirms the pattern "kvbus:*" (the
+ * provider's default) and t_fake_pmessage() then pushes messages to the
+ * client. t_fake_drop() closes every connection, as a server that went
+ * away and came back would.
  */
 struct t_fake;
 
@@ -898,6 +905,7 @@ struct t_fake_client {
     struct t_fake *fake;
     char buf[T_FAKE_BUF_BYTES];
     size_t len;
+    bool subscribed; /* sent PSUBSCRIBE */
 };
 
 struct t_fake {
@@ -985,7 +993,11 @@ static void t_fake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         else if (name_len == 6 && memcmp(name, "SCRIPT", 6) == 0)
             t_fake_send(cl, "$40\r\n"
                             "0123456789abcdef0123456789abcdef01234567\r\n");
-        else
+        else if (name_len == 10 && memcmp(name, "PSUBSCRIBE", 10) == 0) {
+            t_fake_send(cl, "*3\r\n$10\r\npsubscribe\r\n$7\r\nkvbus:*\r\n"
+                            ":1\r\n");
+            cl->subscribed = true;
+        } else
             t_fake_send(cl, "+OK\r\n");
         memmove(cl->buf, cl->buf + used, cl->len - used);
         cl->len -= used;
@@ -1139,6 +1151,301 @@ TEST(stats__first_connect_after_refused_attempts__is_not_a_reconnect)
     t_loop_finish(&loop);
 }
 
+/* ------------------------------------------------------------------ */
+/* Pub/sub wire formats                                                 */
+
+TEST(envelope__head_then_parse__round_trips_binary_payload)
+{
+    static const char payload[] = "a\nb\0c:d";
+    ps_message m = {.topic = "t",
+                    .topic_len = 1,
+                    .node = "node-a",
+                    .seq = 42,
+                    .ts_ms = 1700000000123ull};
+    char wire[REDIS_PS_HEAD_MAX + sizeof payload];
+    size_t h = redis__ps_envelope_head(&m, wire);
+    redis_ps_stamp st;
+
+    assert_string_equal(wire, "kvbus1 node-a 42 1700000000123\n");
+    memcpy(wire + h, payload, sizeof payload - 1);
+    assert_int_equal(
+        redis__ps_envelope_parse(wire, h + sizeof payload - 1, &st), 0);
+    assert_string_equal(st.node, "node-a");
+    assert_int_equal(st.seq, 42);
+    assert_int_equal(st.ts_ms, 1700000000123ull);
+    assert_int_equal(st.len, sizeof payload - 1);
+    assert_memory_equal(st.data, payload, st.len);
+}
+
+TEST(envelope__empty_payload__parses_to_zero_bytes)
+{
+    redis_ps_stamp st;
+
+    assert_int_equal(redis__ps_envelope_parse("kvbus1 n 1 2\n", 13, &st), 0);
+    assert_int_equal(st.len, 0);
+}
+
+TEST(envelope__malformed__is_refused)
+{
+    static const char *const bad[] = {
+        "",
+        "kvbus1 n 1 2",                       /* no LF */
+        "kvbus2 n 1 2\nx",                    /* other version */
+        "kvbus1  1 2\nx",                     /* empty node */
+        "kvbus1 a:b 1 2\nx",                  /* ':' in the node id */
+        "kvbus1 n 01 2\nx",                   /* not canonical */
+        "kvbus1 n 1 -2\nx",                   /* not a number */
+        "kvbus1 n 1 2 3\nx",                  /* a field too many */
+        "kvbus1 n 18446744073709551616 2\nx", /* past 2^64 - 1 */
+        "kvbus1 n 1\nx",                      /* a field missing */
+    };
+    redis_ps_stamp st;
+
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(redis__ps_envelope_parse(bad[i], strlen(bad[i]), &st),
+                         -1);
+}
+
+TEST(nuxeo__payload__splits_at_the_first_colon)
+{
+    static const char msg[] = "other-node:cacheName/key:with:colons";
+    redis_ps_stamp st;
+
+    assert_int_equal(redis__ps_nuxeo_parse(msg, sizeof msg - 1, &st), 0);
+    assert_string_equal(st.node, "other-node");
+    assert_int_equal(st.seq, 0);
+    assert_int_equal(st.len, strlen("cacheName/key:with:colons"));
+    assert_memory_equal(st.data, "cacheName/key:with:colons", st.len);
+    assert_int_equal(redis__ps_nuxeo_parse("n:", 2, &st), 0);
+    assert_int_equal(st.len, 0);
+}
+
+TEST(nuxeo__no_colon_or_empty_node__is_refused)
+{
+    redis_ps_stamp st;
+
+    assert_int_equal(redis__ps_nuxeo_parse("no colon here", 13, &st), -1);
+    assert_int_equal(redis__ps_nuxeo_parse(":payload", 8, &st), -1);
+    assert_int_equal(redis__ps_nuxeo_parse("a b:payload", 11, &st), -1);
+}
+
+/* ------------------------------------------------------------------ */
+/* The provider, against the fake server and a recording bus           */
+
+/*
+ * The four bus functions the provider calls. This driver links no bus:
+ * these record what the provider hands over. The node id is "n1".
+ */
+static struct {
+    int received;
+    int resets;
+    char topic[64];
+    char data[64];
+    char node[64];
+    uint64_t seq;
+    char reason[128];
+} t_bus;
+
+const char *ps_bus_node_id(const ps_bus *bus)
+{
+    (void)bus;
+    return "n1";
+}
+
+int ps_check_topic(const char *topic, size_t len, kv_err *err)
+{
+    (void)err;
+    if (len == 0 || len > PS_TOPIC_MAX)
+        return KV_ETOPIC;
+    for (size_t i = 0; i < len; i++)
+        if (topic[i] <= ' ' || topic[i] >= 0x7f || topic[i] == '*')
+            return KV_ETOPIC;
+    return 0;
+}
+
+void ps_bus_receive(ps_bus *bus, const ps_message *m)
+{
+    (void)bus;
+    t_bus.received++;
+    snprintf(t_bus.topic, sizeof t_bus.topic, "%.*s", (int)m->topic_len,
+             m->topic);
+    snprintf(t_bus.data, sizeof t_bus.data, "%.*s", (int)m->len, m->data);
+    snprintf(t_bus.node, sizeof t_bus.node, "%s", m->node);
+    t_bus.seq = m->seq;
+}
+
+void ps_bus_reset(ps_bus *bus, const char *pattern, const char *reason)
+{
+    (void)bus;
+    assert_null(pattern);
+    t_bus.resets++;
+    snprintf(t_bus.reason, sizeof t_bus.reason, "%s", reason);
+}
+
+/* Pushes one pmessage on channel to every subscribed client of f. */
+static void t_fake_pmessage(struct t_fake *f, const char *channel,
+                            const char *payload)
+{
+    char frame[512];
+
+    snprintf(frame, sizeof frame,
+             "*4\r\n$8\r\npmessage\r\n$7\r\nkvbus:*\r\n$%zu\r\n%s\r\n$%zu\r\n"
+             "%s\r\n",
+             strlen(channel), channel, strlen(payload), payload);
+    for (int i = 0; i < T_FAKE_CLIENTS; i++)
+        if (f->clients[i] && f->clients[i]->subscribed)
+            t_fake_send(f->clients[i], frame);
+}
+
+/* A provider on loop for url, opened; free with t_provider_free. */
+static ps_provider *t_provider_open(uv_loop_t *loop, const char *url,
+                                    const char *format)
+{
+    ps_provider_conf conf = {.name = "redis",
+                             .url = url,
+                             .channel_prefix = "kvbus:",
+                             .format = format};
+    ps_provider *p = calloc(1, redis_provider_ops.size);
+    kv_err err = {0};
+
+    assert_non_null(p);
+    p->ops = &redis_provider_ops;
+    p->loop = loop;
+    p->bus = (ps_bus *)p; /* never dereferenced: the bus is recorded */
+    assert_int_equal(redis_provider_ops.open(p, &conf, &err), 0);
+    return p;
+}
+
+static void t_provider_free(ps_provider *p)
+{
+    p->ops->close(p);
+    free(p);
+}
+
+/* Turns the loop until p's health is want (or T_WAIT_MS_MAX passes). */
+static void t_run_until_healthy(uv_loop_t *loop, ps_provider *p, bool want)
+{
+    uv_timer_t guard;
+    bool fired = false;
+
+    uv_timer_init(loop, &guard);
+    guard.data = &fired;
+    uv_timer_start(&guard, t_guard_fired, T_WAIT_MS_MAX, 0);
+    while (p->ops->healthy(p) != want && !fired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    assert_true(p->ops->healthy(p) == want);
+}
+
+TEST(provider__table__is_named_redis_and_complete)
+{
+    assert_string_equal(redis_provider_ops.name, "redis");
+    assert_int_equal(redis_provider_ops.version, PS_PROVIDER_OPS_VERSION);
+    assert_true(redis_provider_ops.size >= sizeof(ps_provider));
+    assert_non_null(redis_provider_ops.open);
+    assert_non_null(redis_provider_ops.close);
+    assert_non_null(redis_provider_ops.publish);
+    assert_non_null(redis_provider_ops.healthy);
+}
+
+TEST(provider__bad_configuration__is_refused_by_open)
+{
+    static const ps_provider_conf bad[] = {
+        {.name = "redis"},
+        {.name = "redis", .url = "http://x"},
+        {.name = "redis", .url = "redis://127.0.0.1", .format = "json"},
+    };
+    kv_err err = {0};
+
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ps_provider *p = calloc(1, redis_provider_ops.size);
+        assert_non_null(p);
+        p->ops = &redis_provider_ops;
+        assert_int_equal(redis_provider_ops.open(p, &bad[i], &err), KV_EINVAL);
+        free(p);
+    }
+}
+
+TEST(provider__server_down__publish_is_eunavail_and_unhealthy)
+{
+    uv_loop_t loop;
+    char url[64];
+    ps_provider *p;
+    ps_message m = {.topic = "t",
+                    .topic_len = 1,
+                    .data = "x",
+                    .len = 1,
+                    .node = "n1",
+                    .seq = 1,
+                    .ts_ms = 1};
+    kv_err err = {0};
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", t_closed_port(&loop));
+    p = t_provider_open(&loop, url, "kvbus");
+    assert_false(p->ops->healthy(p));
+    assert_int_equal(p->ops->publish(p, &m, &err), KV_EUNAVAIL);
+    assert_non_null(strstr(err.msg, "unavailable"));
+    t_provider_free(p);
+    t_loop_finish(&loop);
+}
+
+TEST(provider__messages__others_delivered_own_dropped_gaps_and_reconnects_reset)
+{
+    uv_loop_t loop;
+    struct t_fake f;
+    char url[64];
+    ps_provider *p;
+    ps_message m = {.topic = "t",
+                    .topic_len = 1,
+                    .data = "x",
+                    .len = 1,
+                    .node = "n1",
+                    .seq = 1,
+                    .ts_ms = 1};
+    kv_err err = {0};
+
+    memset(&t_bus, 0, sizeof t_bus);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    t_fake_start(&f, &loop, 0);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f.port);
+    p = t_provider_open(&loop, url, NULL);
+    t_run_until_healthy(&loop, p, true);
+    assert_int_equal(p->ops->publish(p, &m, &err), 0);
+
+    t_fake_pmessage(&f, "kvbus:inval", "kvbus1 n2 1 5\nhello");
+    t_run_until(&loop, &t_bus.received, 1);
+    assert_string_equal(t_bus.topic, "inval");
+    assert_string_equal(t_bus.data, "hello");
+    assert_string_equal(t_bus.node, "n2");
+    assert_int_equal(t_bus.resets, 0);
+
+    /* Own echo and malformed messages are dropped; a jump resets. */
+    t_fake_pmessage(&f, "kvbus:inval", "kvbus1 n1 1 5\nmine");
+    t_fake_pmessage(&f, "kvbus:inval", "garbage");
+    t_fake_pmessage(&f, "kvbus:inval", "kvbus1 n2 4 6\nafter a gap");
+    t_run_until(&loop, &t_bus.received, 2);
+    assert_string_equal(t_bus.data, "after a gap");
+    assert_int_equal(t_bus.resets, 1);
+    assert_non_null(strstr(t_bus.reason, "2 missed"));
+
+    /* The subscription comes back after a loss: one reset. */
+    t_fake_drop(&f);
+    t_run_until(&loop, &t_bus.resets, 2);
+    assert_string_equal(t_bus.reason, "provider reconnected");
+    t_run_until_healthy(&loop, p, true);
+
+    /* The sequence history went with the reset: no gap reported. */
+    t_fake_pmessage(&f, "kvbus:inval", "kvbus1 n2 9 7\nfresh");
+    t_run_until(&loop, &t_bus.received, 3);
+    assert_int_equal(t_bus.resets, 2);
+
+    t_provider_free(p);
+    t_fake_stop(&f);
+    t_loop_finish(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1195,6 +1502,17 @@ int main(void)
             stats__connection_lost_then_back__counts_one_reconnect_each_time),
         cmocka_unit_test(
             stats__first_connect_after_refused_attempts__is_not_a_reconnect),
+        cmocka_unit_test(envelope__head_then_parse__round_trips_binary_payload),
+        cmocka_unit_test(envelope__empty_payload__parses_to_zero_bytes),
+        cmocka_unit_test(envelope__malformed__is_refused),
+        cmocka_unit_test(nuxeo__payload__splits_at_the_first_colon),
+        cmocka_unit_test(nuxeo__no_colon_or_empty_node__is_refused),
+        cmocka_unit_test(provider__table__is_named_redis_and_complete),
+        cmocka_unit_test(provider__bad_configuration__is_refused_by_open),
+        cmocka_unit_test(
+            provider__server_down__publish_is_eunavail_and_unhealthy),
+        cmocka_unit_test(
+            provider__messages__others_delivered_own_dropped_gaps_and_reconnects_reset),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
