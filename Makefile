@@ -13,7 +13,7 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq
+PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq rdkafka
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -36,7 +36,8 @@ KV_SRC   = kvstore/kvstore.c kvstore/kv_value.c
 MEM_SRC  = backends/memory/mem_kv.c
 # Network backends: every .c in their folders (tests/unit/test_<name>.c
 # links them with the kvstore core).
-NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c)
+NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c \
+                      backends/kafka/*.c)
 PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c
 PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
@@ -49,7 +50,7 @@ KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
-             $(BUILD)/tests/test_redis
+             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -59,7 +60,20 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
-$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(NET_SRC) $(PS_LINK) $(SRV_LIB_SRC) $(SRV_SRC))
+# The dashboard's files, compiled into kvbusd as one generated C file.
+DASH_ASSETS = server/dashboard/index.html server/dashboard/dashboard.css \
+              server/dashboard/dashboard.js
+DASH_GEN    = $(BUILD)/gen/dashboard_assets.c
+
+$(DASH_GEN): $(DASH_ASSETS) server/dashboard/gen_assets.py
+	@mkdir -p $(dir $@)
+	python3 server/dashboard/gen_assets.py $@ $(DASH_ASSETS)
+
+$(DASH_GEN:.c=.o): $(DASH_GEN) server/dashboard/srv_dashboard.h
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(NET_SRC) $(PS_LINK) $(SRV_LIB_SRC) $(SRV_SRC)) \
+           $(DASH_GEN:.c=.o)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL)
 
 # One cmocka binary per module, linking only that module and what it needs.
@@ -70,6 +84,7 @@ $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_req
 $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c))
+$(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka

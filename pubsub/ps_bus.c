@@ -921,5 +921,8 @@ bool ps_bus_topic_at(const ps_bus *bus, size_t index, ps_topic_stats *out)
 
 void ps_bus_stats_get(const ps_bus *bus, ps_bus_stats *out)
 {
+    const struct ps_provider_ops *ops = bus->provider->ops;
+
     *out = bus->stats;
+    out->lag = ops->lag ? ops->lag(bus->provider) : 0;
 }

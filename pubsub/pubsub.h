@@ -76,6 +76,9 @@ struct ps_provider_ops {
     void (*close)(ps_provider *p);
     int (*publish)(ps_provider *p, const ps_message *m, kv_err *err);
     bool (*healthy)(ps_provider *p); /* NULL = always */
+    /* Messages in the carrier not yet received by this node (a Kafka
+     * consumer's lag), as last known; NULL = never any (0). */
+    uint64_t (*lag)(ps_provider *p);
 };
 
 struct ps_provider {
@@ -186,6 +189,7 @@ typedef struct ps_bus_stats {
     uint64_t delivered;     /* message callbacks made */
     uint64_t subscribers;   /* live ps_sub */
     uint64_t subscriptions; /* patterns held, all subscribers */
+    uint64_t lag;           /* provider's consumer lag, messages (0 = none) */
 } ps_bus_stats;
 
 void ps_bus_stats_get(const ps_bus *bus, ps_bus_stats *out);

@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "backends/kafka/kafka.h"
 #include "backends/memory/memory.h"
 #include "backends/postgres/postgres.h"
 #include "backends/redis/redis.h"
@@ -39,6 +40,7 @@ static const struct kv_backend_ops *const backends[] = {
 static const struct ps_provider_ops *const providers[] = {
     &ps_memory_provider_ops,
     &redis_provider_ops,
+    &kafka_provider_ops,
     NULL,
 };
 

@@ -180,6 +180,10 @@ static void render_pubsub(text *t, const srv_app *app)
         "# HELP kvbus_pubsub_subscriptions Patterns held by subscribers.\n"
         "# TYPE kvbus_pubsub_subscriptions gauge\n"
         "kvbus_pubsub_subscriptions %llu\n"
+        "# HELP kvbus_pubsub_consumer_lag Messages in the provider not yet "
+        "received by this node (Kafka; 0 otherwise).\n"
+        "# TYPE kvbus_pubsub_consumer_lag gauge\n"
+        "kvbus_pubsub_consumer_lag %llu\n"
         "# HELP kvbus_pubsub_provider_up 1 while the provider answers.\n"
         "# TYPE kvbus_pubsub_provider_up gauge\n"
         "kvbus_pubsub_provider_up{provider=\"%s\"} %d\n"
@@ -194,8 +198,8 @@ static void render_pubsub(text *t, const srv_app *app)
         "kvbus_ws_slow_closed_total %llu\n",
         (unsigned long long)bs.published, (unsigned long long)bs.received,
         (unsigned long long)bs.delivered, (unsigned long long)ws->dropped,
-        (unsigned long long)bs.subscriptions, ps_bus_provider_name(app->bus),
-        ps_bus_healthy(app->bus) ? 1 : 0,
+        (unsigned long long)bs.subscriptions, (unsigned long long)bs.lag,
+        ps_bus_provider_name(app->bus), ps_bus_healthy(app->bus) ? 1 : 0,
         (unsigned long long)ws->connections_open,
         (unsigned long long)ws->connections_total,
         (unsigned long long)ws->closed_slow);

@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "server/dashboard/srv_dashboard.h"
 #include "server/srv_app.h"
 #include "server/srv_log.h"
 
@@ -632,16 +634,90 @@ static void handle_metrics(srv_conn *c)
     free(text);
 }
 
+/* GET /v1/stats: this node, its provider and every store with its
+ * counters, for the dashboard (which derives ops/s from ops_total). */
+static void handle_stats(srv_conn *c)
+{
+    srv_app *app = srv_conn_app(c);
+    const srv_ws_stats *ws = srv_ws_hub_stats(app->ws);
+    json_t *stores = json_array();
+    kv_backend_stats bs;
+    ps_bus_stats ps;
+    uint64_t now_ms = (uint64_t)time(NULL) * 1000, calls, errors;
+    kv_store *s;
+    size_t i;
+    int op;
+
+    for (i = 0; stores && (s = kv_registry_at(app->reg, i)); i++) {
+        json_t *row;
+
+        calls = errors = 0;
+        for (op = 0; op < KV_OP__COUNT; op++) {
+            calls += kv_store_op_stats(s, (kv_op)op)->calls;
+            errors += kv_store_op_stats(s, (kv_op)op)->errors;
+        }
+        kv_store_stats(s, &bs);
+        row = json_pack("{s:s, s:s, s:b, s:I, s:I}", "name", kv_store_name(s),
+                        "backend", kv_store_backend_name(s), "healthy",
+                        kv_store_healthy(s), "ops_total", (json_int_t)calls,
+                        "errors_total", (json_int_t)errors);
+        if (row && bs.known) {
+            json_object_set_new(row, "keys", json_integer((json_int_t)bs.keys));
+            json_object_set_new(row, "bytes",
+                                json_integer((json_int_t)bs.bytes));
+        }
+        json_array_append_new(stores, row);
+    }
+    ps_bus_stats_get(app->bus, &ps);
+    respond_json(
+        c, 200,
+        json_pack("{s:s, s:I, s:{s:s, s:b}, s:o, s:{s:I, s:I, s:I, s:I}, "
+                  "s:{s:I}}",
+                  "node", ps_bus_node_id(app->bus), "uptime_s",
+                  (json_int_t)(now_ms > app->started_ms
+                                   ? (now_ms - app->started_ms) / 1000
+                                   : 0),
+                  "provider", "name", ps_bus_provider_name(app->bus), "healthy",
+                  ps_bus_healthy(app->bus), "stores", stores, "pubsub",
+                  "published", (json_int_t)ps.published, "received",
+                  (json_int_t)ps.received, "delivered",
+                  (json_int_t)ps.delivered, "dropped", (json_int_t)ws->dropped,
+                  "ws", "open", (json_int_t)ws->connections_open));
+}
+
+/* ------------------------------------------------------------------ */
+/* The dashboard (server/dashboard/, compiled in)                       */
+
+/* Answers 200 with the named compiled-in file, or 404. */
+static void respond_asset(srv_conn *c, const char *name, size_t len)
+{
+    static const char headers[] = "Cache-Control: no-cache\r\n"
+                                  "X-Content-Type-Options: nosniff\r\n";
+    const srv_asset *a;
+    size_t i;
+
+    for (i = 0; i < srv_dashboard_nassets; i++) {
+        a = &srv_dashboard_assets[i];
+        if (strlen(a->name) == len && memcmp(a->name, name, len) == 0) {
+            srv_respond(c, 200, a->content_type, headers, a->data, a->len);
+            return;
+        }
+    }
+    srv_respond_error(c, 404, "not_found", "no such dashboard file");
+}
+
+/* GET /: the dashboard page. */
 static void handle_index(srv_conn *c)
 {
-    static const char page[] =
-        "<!doctype html><html lang=en><meta charset=utf-8>"
-        "<title>kvbus</title><h1>kvbus</h1><ul>"
-        "<li><a href=/v1/kv>stores</a><li><a href=/readyz>readiness</a>"
-        "<li><a href=/metrics>metrics</a></ul>";
+    respond_asset(c, "index.html", strlen("index.html"));
+}
 
-    srv_respond(c, 200, "text/html; charset=utf-8", NULL, page,
-                sizeof page - 1);
+/* GET /dashboard/{file}: its stylesheet and script. */
+static void handle_asset(srv_conn *c)
+{
+    kv_bytes name = srv_req_cap(c, 0);
+
+    respond_asset(c, name.ptr, name.len);
 }
 
 const srv_route srv_routes[] = {
@@ -653,9 +729,11 @@ const srv_route srv_routes[] = {
     {"/v1/pub/{topic}", SRV_POST, handle_publish},
     {"/v1/topics", SRV_GET | SRV_HEAD, handle_topics},
     {"/v1/ws", SRV_GET, handle_ws},
+    {"/v1/stats", SRV_GET | SRV_HEAD, handle_stats},
     {"/healthz", SRV_GET | SRV_HEAD, handle_healthz},
     {"/readyz", SRV_GET | SRV_HEAD, handle_readyz},
     {"/metrics", SRV_GET | SRV_HEAD, handle_metrics},
     {"/", SRV_GET | SRV_HEAD, handle_index},
+    {"/dashboard/{file}", SRV_GET | SRV_HEAD, handle_asset},
 };
 const size_t srv_nroutes = sizeof srv_routes / sizeof srv_routes[0];
