@@ -671,16 +671,16 @@ static void handle_stats(srv_conn *c)
     ps_bus_stats_get(app->bus, &ps);
     respond_json(
         c, 200,
-        json_pack("{s:s, s:I, s:{s:s, s:b}, s:o, s:{s:I, s:I, s:I, s:I}, "
+        json_pack("{s:s, s:I, s:{s:s, s:b, s:I}, s:o, s:{s:I, s:I, s:I, s:I}, "
                   "s:{s:I}}",
                   "node", ps_bus_node_id(app->bus), "uptime_s",
                   (json_int_t)(now_ms > app->started_ms
                                    ? (now_ms - app->started_ms) / 1000
                                    : 0),
                   "provider", "name", ps_bus_provider_name(app->bus), "healthy",
-                  ps_bus_healthy(app->bus), "stores", stores, "pubsub",
-                  "published", (json_int_t)ps.published, "received",
-                  (json_int_t)ps.received, "delivered",
+                  ps_bus_healthy(app->bus), "lag", (json_int_t)ps.lag, "stores",
+                  stores, "pubsub", "published", (json_int_t)ps.published,
+                  "received", (json_int_t)ps.received, "delivered",
                   (json_int_t)ps.delivered, "dropped", (json_int_t)ws->dropped,
                   "ws", "open", (json_int_t)ws->connections_open));
 }

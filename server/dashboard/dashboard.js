@@ -261,7 +261,9 @@
     $('node').textContent = doc.node;
     $('uptime').textContent = duration(doc.uptime_s);
     const p = doc.provider;
-    $('provider').textContent = `${p.name}, ${p.healthy ? 'up' : 'DOWN'}`;
+    // Consumer lag only means something for a log-based provider (Kafka).
+    const lag = p.name === 'kafka' ? `, lag ${p.lag}` : '';
+    $('provider').textContent = `${p.name}, ${p.healthy ? 'up' : 'DOWN'}${lag}`;
     $('provider').className = p.healthy ? 'state ok' : 'state bad';
     const now = performance.now(), dt = (now - lastAt) / 1000, ops = new Map();
     const rows = doc.stores.map((s) => {

@@ -60,6 +60,7 @@ describe(`dashboard (${BACKEND})`, { timeout: SUITE_TIMEOUT_MS }, () => {
         assert.ok(Number.isInteger(doc.uptime_s) && doc.uptime_s >= 0);
         assert.equal(typeof doc.provider.name, 'string');
         assert.equal(doc.provider.healthy, true);
+        assert.equal(doc.provider.lag, 0, 'no consumer lag without Kafka');
         const def = doc.stores.find((s) => s.name === 'default');
         assert.ok(def, 'store default is listed');
         assert.equal(def.backend, BACKEND);

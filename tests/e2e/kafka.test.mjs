@@ -136,6 +136,17 @@ describe('cluster over Kafka (mock broker, three kvbusd)', { skip: SKIP }, () =>
         }
     });
 
+    test('the consumer lag is reported in /v1/stats and /metrics', async () => {
+        const n = nodes[NODES[0]];
+        const stats = JSON.parse((await httpRequest(n.url, 'GET', '/v1/stats')).body);
+        assert.equal(stats.provider.name, 'kafka');
+        assert.equal(stats.provider.healthy, true);
+        assert.ok(Number.isInteger(stats.provider.lag) && stats.provider.lag >= 0,
+            `lag ${stats.provider.lag}`);
+        const metrics = (await httpRequest(n.url, 'GET', '/metrics')).body.toString();
+        assert.match(metrics, /^kvbus_pubsub_consumer_lag \d+$/m);
+    });
+
     test('every message published on any node reaches every node once, in order', async () => {
         await Promise.all(NODES.map(async (id) => {
             const ws = await WsClient.open(wsUrl(nodes[id]));
