@@ -7,6 +7,9 @@
  * Creates a one-broker mock cluster, creates the topic, prints
  *   KAFKA_BOOTSTRAP=<host:port>
  * on stdout, flushes, and serves until SIGTERM or SIGINT, then exits 0.
+ * SIGUSR1 takes every broker down (connections dropped, new ones refused,
+ * no leader change); SIGUSR2 brings them back up. Each prints
+ * "KAFKA_BROKERS=down" or "KAFKA_BROKERS=up" on stdout once applied.
  * Everything is lost at exit. Errors go to stderr with exit status 1.
  *
  * Build: cc -std=c11 -o kafka-mock tests/tools/kafka-mock.c \
@@ -28,11 +31,34 @@
 #define MOCK_ERRSTR_BYTES 512
 
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t down_requested;
+static volatile sig_atomic_t up_requested;
 
 static void on_stop(int signum)
 {
     (void)signum;
     stop_requested = 1;
+}
+
+static void on_outage(int signum)
+{
+    if (signum == SIGUSR1)
+        down_requested = 1;
+    else
+        up_requested = 1;
+}
+
+/* Applies one down or up request to all brokers (-1), outside the handler. */
+static void set_brokers(rd_kafka_mock_cluster_t *mc, int down)
+{
+    rd_kafka_resp_err_t err = down ? rd_kafka_mock_broker_set_down(mc, -1)
+                                   : rd_kafka_mock_broker_set_up(mc, -1);
+
+    if (err)
+        fprintf(stderr, "kafka-mock: brokers %s: %s\n", down ? "down" : "up",
+                rd_kafka_err2str(err));
+    printf("KAFKA_BROKERS=%s\n", down ? "down" : "up");
+    fflush(stdout);
 }
 
 int main(int argc, char **argv)
@@ -84,16 +110,33 @@ int main(int argc, char **argv)
     sa.sa_handler = on_stop;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_outage;
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGUSR2);
     sigprocmask(SIG_BLOCK, &mask, &old);
 
     printf("KAFKA_BOOTSTRAP=%s\n", rd_kafka_mock_cluster_bootstraps(mc));
     fflush(stdout);
 
-    while (!stop_requested)
+    /* The flags are read with the signals blocked, so none is lost. */
+    while (!stop_requested) {
+        if (down_requested) {
+            down_requested = 0;
+            set_brokers(mc, 1);
+            continue;
+        }
+        if (up_requested) {
+            up_requested = 0;
+            set_brokers(mc, 0);
+            continue;
+        }
         sigsuspend(&old);
+    }
 
     rd_kafka_mock_cluster_destroy(mc);
     rd_kafka_destroy(rk);
