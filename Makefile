@@ -38,7 +38,8 @@ MEM_SRC  = backends/memory/mem_kv.c
 # links them with the kvstore core).
 NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c \
                       backends/kafka/*.c)
-PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c
+PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
+           pubsub/ps_origins.c
 PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
 SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
@@ -83,7 +84,7 @@ $(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_confi
 $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
 $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
-$(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c))
+$(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)
 $(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)

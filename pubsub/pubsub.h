@@ -195,6 +195,28 @@ typedef struct ps_bus_stats {
 void ps_bus_stats_get(const ps_bus *bus, ps_bus_stats *out);
 
 /* ------------------------------------------------------------------ */
+/* Sequence tracking per origin, for providers' gap detection          */
+
+#define PS_ORIGINS_MAX 1024 /* origins whose last sequence number is kept */
+
+/* The last sequence number seen from each origin node. Zero-initialise;
+ * free with ps_origins_clear(). */
+typedef struct ps_origins {
+    struct ps__origin *head;
+    size_t count;
+} ps_origins;
+
+/*
+ * Records seq from node and returns how many messages were missed before
+ * it: 0 when none, or when the origin is new or restarted at 1; 1 for a
+ * sequence that went back. Out of memory, the origin is not tracked (0).
+ */
+uint64_t ps_origins_note(ps_origins *o, const char *node, uint64_t seq);
+
+/* Forgets every origin (after a reconnect). */
+void ps_origins_clear(ps_origins *o);
+
+/* ------------------------------------------------------------------ */
 /* A bounded outbound queue with drop-oldest, per slow consumer         */
 
 /*

@@ -69,7 +69,6 @@
 #define KAFKA_LINGER_MS "1"                /* producer batching delay */
 #define KAFKA_FETCH_WAIT_MAX_MS "50"       /* broker-side fetch wait */
 #define KAFKA_CLOSE_FLUSH_MS 2000          /* wait for unsent records */
-#define KAFKA_ORIGINS_MAX 1024             /* origins whose seq is kept */
 #define KAFKA_U64_DIGITS 20                /* digits of UINT64_MAX */
 #define KAFKA_NUM_BYTES (KAFKA_U64_DIGITS + 1)
 #define KAFKA_REASON_BYTES 192 /* text of a reset reason */
@@ -82,13 +81,6 @@
 #define KAFKA_HDR_TS "ts"
 
 enum { KAFKA_LOG_ERROR, KAFKA_LOG_WARN, KAFKA_LOG_INFO };
-
-/* The last sequence number seen from one origin node. */
-struct kafka_origin {
-    struct kafka_origin *next; /* most recently seen first */
-    uint64_t last_seq;
-    char node[PS_NODE_ID_MAX + 1];
-};
 
 typedef struct kafka_provider {
     ps_provider base;     /* must be first */
@@ -107,9 +99,8 @@ typedef struct kafka_provider {
     bool malformed_logged; /* one line per provider, not per record */
     bool pub_fail_logged;  /* per outage of delivery */
     bool recv_fail_logged;
-    uint64_t lag; /* records not yet consumed, from statistics */
-    struct kafka_origin *origins;
-    size_t norigins;
+    uint64_t lag;       /* records not yet consumed, from statistics */
+    ps_origins origins; /* last seq per origin, for gap detection */
 } kafka_provider;
 
 /* ------------------------------------------------------------------ */
@@ -178,63 +169,6 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
 }
 
 /* ------------------------------------------------------------------ */
-/* Gap detection                                                        */
-
-static void origins_clear(kafka_provider *kp)
-{
-    struct kafka_origin *o, *next;
-
-    for (o = kp->origins; o; o = next) {
-        next = o->next;
-        free(o);
-    }
-    kp->origins = NULL;
-    kp->norigins = 0;
-}
-
-/*
- * Records seq from node and returns how many messages were missed before
- * it (0 when none, or when the origin is new or restarted at 1; 1 for a
- * sequence that went back). Keeps the KAFKA_ORIGINS_MAX most recently
- * seen origins; out of memory, the origin is simply not tracked.
- */
-static uint64_t origins_note(kafka_provider *kp, const char *node, uint64_t seq)
-{
-    struct kafka_origin **pp, *o;
-    uint64_t missed = 0;
-
-    for (pp = &kp->origins; (o = *pp) != NULL; pp = &o->next)
-        if (strcmp(o->node, node) == 0)
-            break;
-    if (o) {
-        *pp = o->next; /* moved to the front below */
-        if (seq > o->last_seq + 1)
-            missed = seq - o->last_seq - 1;
-        else if (seq <= o->last_seq && seq != 1)
-            missed = 1;
-    } else {
-        if (kp->norigins >= KAFKA_ORIGINS_MAX) {
-            /* Reuse the least recently seen origin, the list's tail. */
-            struct kafka_origin **tp = &kp->origins;
-            while ((*tp)->next)
-                tp = &(*tp)->next;
-            o = *tp;
-            *tp = NULL;
-        } else {
-            o = malloc(sizeof *o);
-            if (!o)
-                return 0;
-            kp->norigins++;
-        }
-        snprintf(o->node, sizeof o->node, "%s", node);
-    }
-    o->last_seq = seq;
-    o->next = kp->origins;
-    kp->origins = o;
-    return missed;
-}
-
-/* ------------------------------------------------------------------ */
 /* Receiving                                                            */
 
 /* The value of header name as (pointer, length); false when absent. */
@@ -291,7 +225,7 @@ static void on_record(kafka_provider *kp, rd_kafka_message_t *rkm)
     m.data = rkm->payload;
     m.len = rkm->len;
     if (kp->partitions == 1) {
-        missed = origins_note(kp, node, m.seq);
+        missed = ps_origins_note(&kp->origins, node, m.seq);
         if (missed) {
             snprintf(reason, sizeof reason,
                      "sequence gap from node %s (%" PRIu64 " missed)", node,
@@ -333,7 +267,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                   "pubsub: kafka: consumer of %s assigned %d partition(s)",
                   kp->topic, parts->cnt);
         if (kp->ever_assigned && !kp->closing) {
-            origins_clear(kp);
+            ps_origins_clear(&kp->origins);
             ps_bus_reset(kp->base.bus, NULL, "provider reassigned");
         }
         kp->ever_assigned = true;
@@ -668,7 +602,7 @@ static void kafka_ps_close(ps_provider *p)
                   "pubsub: kafka: %d message(s) not sent at close",
                   rd_kafka_outq_len(kp->producer));
     rd_kafka_destroy(kp->producer);
-    origins_clear(kp);
+    ps_origins_clear(&kp->origins);
     free(kp->topic);
 }
 

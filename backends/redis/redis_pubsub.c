@@ -39,18 +39,10 @@
 
 #define REDIS_PS_PREFIX_DEFAULT "kvbus:" /* config default */
 #define REDIS_PS_PREFIX_NUXEO "nuxeo:"   /* Nuxeo's channel prefix */
-#define REDIS_PS_ORIGINS_MAX 1024        /* origins whose seq is kept */
 #define REDIS_PS_U64_DIGITS 20           /* digits of UINT64_MAX */
 #define REDIS_PS_REASON_BYTES 192        /* text of a reset reason */
 #define REDIS_PS_MS_PER_S 1000ull
 #define REDIS_PS_NS_PER_MS 1000000ull
-
-/* The last sequence number seen from one origin node. */
-struct redis_origin {
-    struct redis_origin *next; /* most recently seen first */
-    uint64_t last_seq;
-    char node[PS_NODE_ID_MAX + 1];
-};
 
 typedef struct redis_provider {
     ps_provider base; /* must be first */
@@ -62,8 +54,7 @@ typedef struct redis_provider {
     bool closing;          /* close was called */
     bool malformed_logged; /* one line per provider, not per message */
     bool pub_fail_logged;  /* per publisher outage */
-    struct redis_origin *origins;
-    size_t norigins;
+    ps_origins origins;    /* last seq per origin, for gap detection */
 } redis_provider;
 
 /* ------------------------------------------------------------------ */
@@ -166,65 +157,6 @@ int redis__ps_nuxeo_parse(const char *p, size_t len, redis_ps_stamp *out)
 }
 
 /* ------------------------------------------------------------------ */
-/* Gap detection                                                        */
-
-static void origins_clear(redis_provider *rp)
-{
-    struct redis_origin *o, *next;
-
-    for (o = rp->origins; o; o = next) {
-        next = o->next;
-        free(o);
-    }
-    rp->origins = NULL;
-    rp->norigins = 0;
-}
-
-/*
- * Records seq from node and returns how many messages were missed before
- * it (0 when none, or when the origin is new or restarted at 1; 1 for a
- * sequence that went back). Keeps the REDIS_PS_ORIGINS_MAX most recently
- * seen origins; out of memory, the origin is simply not tracked.
- */
-static uint64_t origins_note(redis_provider *rp, const char *node, uint64_t seq)
-{
-    struct redis_origin **pp, *o, *last = NULL;
-    uint64_t missed = 0;
-
-    for (pp = &rp->origins; (o = *pp) != NULL; pp = &o->next) {
-        if (strcmp(o->node, node) == 0)
-            break;
-        last = o;
-    }
-    if (o) {
-        *pp = o->next; /* move to front below */
-        if (seq > o->last_seq + 1)
-            missed = seq - o->last_seq - 1;
-        else if (seq <= o->last_seq && seq != 1)
-            missed = 1;
-    } else {
-        if (rp->norigins >= REDIS_PS_ORIGINS_MAX && last) {
-            /* Evict the least recently seen origin, the list's tail. */
-            struct redis_origin **tp = &rp->origins;
-            while ((*tp)->next)
-                tp = &(*tp)->next;
-            o = *tp;
-            *tp = NULL;
-        } else {
-            o = malloc(sizeof *o);
-            if (!o)
-                return 0;
-            rp->norigins++;
-        }
-        snprintf(o->node, sizeof o->node, "%s", node);
-    }
-    o->last_seq = seq;
-    o->next = rp->origins;
-    rp->origins = o;
-    return missed;
-}
-
-/* ------------------------------------------------------------------ */
 /* Receiving                                                            */
 
 static uint64_t ps_wall_ms(void)
@@ -277,7 +209,7 @@ static void on_sub_message(const char *channel, size_t channel_len,
     m.seq = st.seq;
     m.ts_ms = rp->nuxeo ? ps_wall_ms() : st.ts_ms;
     if (!rp->nuxeo) {
-        missed = origins_note(rp, st.node, st.seq);
+        missed = ps_origins_note(&rp->origins, st.node, st.seq);
         if (missed) {
             snprintf(reason, sizeof reason,
                      "sequence gap from node %s (%" PRIu64 " missed)", st.node,
@@ -297,7 +229,7 @@ static void on_sub_state(bool ready, bool reconnected, void *ud)
 
     if (rp->closing || !ready || !reconnected)
         return;
-    origins_clear(rp);
+    ps_origins_clear(&rp->origins);
     ps_bus_reset(rp->base.bus, NULL, "provider reconnected");
 }
 
@@ -460,7 +392,7 @@ static void redis_ps_close(ps_provider *p)
     rp->closing = true;
     redis_conn_close(rp->sub);
     redis_conn_close(rp->pub);
-    origins_clear(rp);
+    ps_origins_clear(&rp->origins);
     free(rp->prefix);
 }
 
