@@ -13,16 +13,21 @@
  * "seq" and "ts" (canonical decimal: per-origin sequence number, wall
  * clock ms). Records that are not exactly this are dropped (logged once).
  *
- * Handing records to the loop: a uv_timer polls both handles every
- * KAFKA_POLL_INTERVAL_MS with timeout 0 (never blocking), taking at most
- * KAFKA_POLL_BATCH_MAX records per tick. This serves the rebalance, error,
- * statistics and delivery callbacks on the loop thread too. Each record is
- * handed to ps_bus_receive(); the bus drops those from this node (it
- * delivered them when they were published), so local subscribers get each
- * message exactly once. (librdkafka's queue io-event fd would save the idle
- * wake-ups; the timer was chosen for its simpler contract.) The timer is
- * unref'd: it never keeps the loop alive on its own, so kvbusd's loop ends
- * at shutdown once its server and clients are gone.
+ * Handing records to the loop: librdkafka writes a byte to a non-blocking
+ * pipe whenever the consumer's queue or the producer's main queue goes
+ * from empty to non-empty (rd_kafka_queue_io_event_enable); a uv_poll on
+ * the pipe's read end drains it and polls both handles with timeout 0
+ * (never blocking), taking at most KAFKA_POLL_BATCH_MAX records per turn.
+ * Because the event fires only on the empty -> non-empty edge, a turn that
+ * stops at the batch limit schedules the next one itself (a 0 ms timer)
+ * instead of waiting for a byte that will not come. An idle node has no
+ * wake-ups at all. Polling serves the rebalance, error, statistics and
+ * delivery callbacks on the loop thread too. Each record is handed to
+ * ps_bus_receive(); the bus drops those from this node (it delivered them
+ * when they were published), so local subscribers get each message exactly
+ * once. Both handles are unref'd: they never keep the loop alive on their
+ * own, so kvbusd's loop ends at shutdown once its server and clients are
+ * gone.
  *
  * Health: a handle is up when its statistics show a broker in state UP and
  * no error callback since said all brokers are down; the provider is
@@ -47,12 +52,15 @@
  * close blocks for up to KAFKA_CLOSE_FLUSH_MS plus the consumer's leave of
  * its group.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -63,8 +71,8 @@
 
 #define KAFKA_TOPIC_DEFAULT "kvbus-pubsub" /* config default */
 #define KAFKA_GROUP_PREFIX "kvbus-"        /* group id = prefix + node id */
-#define KAFKA_POLL_INTERVAL_MS 5           /* loop timer period */
-#define KAFKA_POLL_BATCH_MAX 1000          /* records per timer tick */
+#define KAFKA_POLL_BATCH_MAX 1000          /* records per loop turn */
+#define KAFKA_WAKE_DRAIN_BYTES 64          /* pipe bytes read at a time */
 #define KAFKA_STATS_INTERVAL_MS "500"      /* statistics.interval.ms */
 #define KAFKA_LINGER_MS "1"                /* producer batching delay */
 #define KAFKA_FETCH_WAIT_MAX_MS "50"       /* broker-side fetch wait */
@@ -86,13 +94,18 @@ typedef struct kafka_provider {
     ps_provider base;     /* must be first */
     rd_kafka_t *producer; /* NULL until open succeeds */
     rd_kafka_t *consumer;
-    char *topic;       /* the Kafka topic, NUL-terminated */
-    uv_timer_t *timer; /* polls both handles; freed in its close cb */
-    bool closing;      /* close was called */
-    bool fatal;        /* a fatal error: unhealthy for good */
-    bool producer_up;  /* a broker UP in the producer's statistics */
-    bool consumer_up;  /* the same for the consumer */
-    bool assigned;     /* the consumer holds an assignment */
+    char *topic;          /* the Kafka topic, NUL-terminated */
+    int wake_fds[2];      /* pipe librdkafka writes to; -1 when closed */
+    rd_kafka_queue_t *cq; /* the consumer's queue, with the io event */
+    rd_kafka_queue_t *pq; /* the producer's main queue, likewise */
+    uv_poll_t *wake;      /* reads wake_fds[0]; freed in its close cb */
+    uv_timer_t *backlog;  /* the next turn after a full batch; likewise */
+    bool handles_live;    /* wake and backlog initialised on the loop */
+    bool closing;         /* close was called */
+    bool fatal;           /* a fatal error: unhealthy for good */
+    bool producer_up;     /* a broker UP in the producer's statistics */
+    bool consumer_up;     /* the same for the consumer */
+    bool assigned;        /* the consumer holds an assignment */
     bool ever_assigned;
     bool fetching;         /* every assigned partition is fetching */
     int partitions;        /* assigned partitions */
@@ -376,21 +389,24 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac,
 }
 
 /* ------------------------------------------------------------------ */
-/* The loop timer                                                       */
+/* Waking the loop                                                      */
 
-/* Serves both handles without blocking: callbacks, then records. */
-static void on_poll_timer(uv_timer_t *t)
+static void on_backlog(uv_timer_t *t);
+
+/* Serves both handles without blocking: callbacks, then records. When the
+ * batch limit stops the turn, the next one is scheduled (see the top). */
+static void serve_queues(kafka_provider *kp)
 {
-    kafka_provider *kp = t->data;
     rd_kafka_message_t *rkm;
+    int i;
 
     if (kp->closing)
         return;
     rd_kafka_poll(kp->producer, 0);
-    for (int i = 0; i < KAFKA_POLL_BATCH_MAX && !kp->closing; i++) {
+    for (i = 0; i < KAFKA_POLL_BATCH_MAX && !kp->closing; i++) {
         rkm = rd_kafka_consumer_poll(kp->consumer, 0);
         if (!rkm)
-            break;
+            return;
         if (rkm->err)
             on_consumer_error(kp, rkm);
         else {
@@ -399,11 +415,103 @@ static void on_poll_timer(uv_timer_t *t)
         }
         rd_kafka_message_destroy(rkm);
     }
+    if (!kp->closing)
+        uv_timer_start(kp->backlog, on_backlog, 0, 0);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_backlog(uv_timer_t *t)
+{
+    serve_queues(t->data);
+}
+
+/* librdkafka wrote to the pipe: empty it, then serve the queues. */
+static void on_wake(uv_poll_t *h, int status, int events)
+{
+    kafka_provider *kp = h->data;
+    char drain[KAFKA_WAKE_DRAIN_BYTES];
+
+    (void)status;
+    (void)events;
+    while (read(kp->wake_fds[0], drain, sizeof drain) > 0)
+        ;
+    serve_queues(kp);
+}
+
+static void on_handle_closed(uv_handle_t *h)
 {
     free(h);
+}
+
+/* The pipe and both queues' io events, then the poll and backlog handles
+ * on the loop. The librdkafka handles must exist. On failure wake_close
+ * undoes whatever was done. Errors: KV_EUNAVAIL (no pipe), KV_ENOMEM. */
+static int wake_open(kafka_provider *kp, uv_loop_t *loop, kv_err *err)
+{
+    static const char byte = 1;
+
+    if (pipe2(kp->wake_fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+        kp->wake_fds[0] = kp->wake_fds[1] = -1;
+        return kv_err_set(err, KV_EUNAVAIL, "pubsub: kafka: pipe: %s",
+                          strerror(errno));
+    }
+    kp->wake = malloc(sizeof *kp->wake);
+    kp->backlog = malloc(sizeof *kp->backlog);
+    if (!kp->wake || !kp->backlog)
+        return kv_err_set(err, KV_ENOMEM, "out of memory");
+    if (uv_poll_init(loop, kp->wake, kp->wake_fds[0]) != 0)
+        return kv_err_set(err, KV_EUNAVAIL,
+                          "pubsub: kafka: cannot poll a pipe");
+    uv_timer_init(loop, kp->backlog);
+    kp->handles_live = true;
+    kp->wake->data = kp->backlog->data = kp;
+    uv_unref((uv_handle_t *)kp->wake);
+    uv_unref((uv_handle_t *)kp->backlog);
+
+    kp->cq = rd_kafka_queue_get_consumer(kp->consumer);
+    kp->pq = rd_kafka_queue_get_main(kp->producer);
+    if (!kp->cq || !kp->pq)
+        return kv_err_set(err, KV_ENOMEM, "out of memory");
+    rd_kafka_queue_io_event_enable(kp->cq, kp->wake_fds[1], &byte, 1);
+    rd_kafka_queue_io_event_enable(kp->pq, kp->wake_fds[1], &byte, 1);
+    uv_poll_start(kp->wake, UV_READABLE, on_wake);
+    /* Whatever was queued before the io events were on sent no byte. */
+    uv_timer_start(kp->backlog, on_backlog, 0, 0);
+    return 0;
+}
+
+/* Turns the io events off and closes the loop handles. The pipe stays
+ * open until wake_close_pipe, after the librdkafka handles are destroyed:
+ * their threads may write to it until then. */
+static void wake_close(kafka_provider *kp)
+{
+    rd_kafka_queue_t **queues[] = {&kp->cq, &kp->pq};
+
+    for (size_t i = 0; i < sizeof queues / sizeof queues[0]; i++) {
+        if (!*queues[i])
+            continue;
+        rd_kafka_queue_io_event_enable(*queues[i], -1, NULL, 0);
+        rd_kafka_queue_destroy(*queues[i]);
+        *queues[i] = NULL;
+    }
+    if (kp->handles_live) {
+        uv_close((uv_handle_t *)kp->wake, on_handle_closed);
+        uv_close((uv_handle_t *)kp->backlog, on_handle_closed);
+    } else {
+        free(kp->wake);
+        free(kp->backlog);
+    }
+    kp->wake = NULL;
+    kp->backlog = NULL;
+    kp->handles_live = false;
+}
+
+static void wake_close_pipe(kafka_provider *kp)
+{
+    for (int i = 0; i < 2; i++) {
+        if (kp->wake_fds[i] >= 0)
+            close(kp->wake_fds[i]);
+        kp->wake_fds[i] = -1;
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -484,7 +592,7 @@ static rd_kafka_conf_t *conf_common(kafka_provider *kp, const char *url,
 }
 
 /*
- * Checks the configuration and creates both handles and the poll timer;
+ * Checks the configuration, creates both handles and the loop wake-up;
  * brokers that cannot be reached yet are not an error (librdkafka keeps
  * retrying and the provider reports unhealthy). Errors: KV_EINVAL (no
  * URL, format other than kvbus, a setting librdkafka refuses), KV_ENOMEM.
@@ -511,9 +619,9 @@ static int kafka_ps_open(ps_provider *p, const ps_provider_conf *conf,
     kp->topic =
         strdup(conf->kafka_topic && conf->kafka_topic[0] ? conf->kafka_topic
                                                          : KAFKA_TOPIC_DEFAULT);
-    kp->timer = malloc(sizeof *kp->timer);
+    kp->wake_fds[0] = kp->wake_fds[1] = -1;
     subs = rd_kafka_topic_partition_list_new(1);
-    if (!kp->topic || !kp->timer || !subs) {
+    if (!kp->topic || !subs) {
         rc = kv_err_set(err, KV_ENOMEM, "out of memory");
         goto fail;
     }
@@ -557,11 +665,9 @@ static int kafka_ps_open(ps_provider *p, const ps_provider_conf *conf,
     rd_kafka_topic_partition_list_destroy(subs);
     subs = NULL;
 
-    uv_timer_init(p->loop, kp->timer);
-    kp->timer->data = kp;
-    uv_unref((uv_handle_t *)kp->timer); /* never keeps the loop alive */
-    uv_timer_start(kp->timer, on_poll_timer, KAFKA_POLL_INTERVAL_MS,
-                   KAFKA_POLL_INTERVAL_MS);
+    rc = wake_open(kp, p->loop, err);
+    if (rc)
+        goto fail;
     kafka_log(KAFKA_LOG_INFO,
               "pubsub: kafka: topic %s on %s, consumer group %s", kp->topic,
               conf->url, group);
@@ -575,13 +681,13 @@ fail:
         rd_kafka_conf_destroy(cc);
     if (subs)
         rd_kafka_topic_partition_list_destroy(subs);
+    wake_close(kp);
     if (kp->consumer)
         rd_kafka_destroy(kp->consumer);
     if (kp->producer)
         rd_kafka_destroy(kp->producer);
     kp->consumer = kp->producer = NULL;
-    free(kp->timer);
-    kp->timer = NULL;
+    wake_close_pipe(kp);
     free(kp->topic);
     kp->topic = NULL;
     return rc;
@@ -593,8 +699,7 @@ static void kafka_ps_close(ps_provider *p)
     kafka_provider *kp = (kafka_provider *)p;
 
     kp->closing = true;
-    uv_timer_stop(kp->timer);
-    uv_close((uv_handle_t *)kp->timer, on_timer_closed);
+    wake_close(kp);
     rd_kafka_consumer_close(kp->consumer);
     rd_kafka_destroy(kp->consumer);
     if (rd_kafka_flush(kp->producer, KAFKA_CLOSE_FLUSH_MS) != 0)
@@ -602,6 +707,7 @@ static void kafka_ps_close(ps_provider *p)
                   "pubsub: kafka: %d message(s) not sent at close",
                   rd_kafka_outq_len(kp->producer));
     rd_kafka_destroy(kp->producer);
+    wake_close_pipe(kp);
     ps_origins_clear(&kp->origins);
     free(kp->topic);
 }
