@@ -720,20 +720,130 @@ static void handle_asset(srv_conn *c)
     respond_asset(c, name.ptr, name.len);
 }
 
+/* ------------------------------------------------------------------ */
+/* Authentication and authorization (docs/security.md)                 */
+
+#define AUTH_NAME_SHOWN 64 /* bytes of a store or topic echoed in a 403 */
+
+static const char auth_missing_header[] =
+    "WWW-Authenticate: Bearer realm=\"kvbus\"\r\n";
+static const char auth_invalid_header[] =
+    "WWW-Authenticate: Bearer realm=\"kvbus\", error=\"invalid_token\"\r\n";
+
+/* kv:read for GET, HEAD and op=mget; kv:write for every change. */
+static enum srv_auth_action kv_action(srv_conn *c)
+{
+    char op[8];
+    long n;
+
+    if (srv_req_method(c) & (SRV_GET | SRV_HEAD))
+        return SRV_AUTH_KV_READ;
+    if (srv_req_method(c) == SRV_POST) {
+        n = srv_query_param(srv_req_query(c), "op", op, sizeof op);
+        if (n == 4 && memcmp(op, "mget", 4) == 0)
+            return SRV_AUTH_KV_READ;
+    }
+    return SRV_AUTH_KV_WRITE;
+}
+
+/* Answers a refused request (401 or 403), counts and logs it. */
+static void auth_refuse(srv_conn *c, enum srv_auth_result r,
+                        enum srv_auth_action act, const srv_token *who,
+                        const char *name, size_t len)
+{
+    srv_app *app = srv_conn_app(c);
+    int shown = (int)(len > AUTH_NAME_SHOWN ? AUTH_NAME_SHOWN : len);
+
+    app->auth_stats.failures[r]++;
+    switch (r) {
+    case SRV_AUTH_MISSING:
+        srv_debug("auth: request without a token refused");
+        srv_respond_error_with(c, 401, auth_missing_header, "unauthorized",
+                               "this route needs an API token: send "
+                               "Authorization: Bearer <token>");
+        break;
+    case SRV_AUTH_INVALID:
+        srv_info("auth: request with an invalid token refused");
+        srv_respond_error_with(c, 401, auth_invalid_header, "unauthorized",
+                               "the API token is not valid");
+        break;
+    default:
+        if (len) {
+            srv_info("auth: token %s denied %s on %.*s", srv_token_name(who),
+                     srv_auth_action_name(act), shown, name);
+            srv_respond_error(c, 403, "forbidden",
+                              "token %s has no %s permission on \"%.*s\"",
+                              srv_token_name(who), srv_auth_action_name(act),
+                              shown, name);
+        } else {
+            srv_info("auth: token %s denied %s", srv_token_name(who),
+                     srv_auth_action_name(act));
+            srv_respond_error(c, 403, "forbidden",
+                              "token %s has no %s permission",
+                              srv_token_name(who), srv_auth_action_name(act));
+        }
+        break;
+    }
+}
+
+bool srv_route_guard(srv_conn *c, const srv_route *route)
+{
+    srv_app *app = srv_conn_app(c);
+    const char *header = srv_req_header(c, SRV_HDR_AUTHORIZATION);
+    enum srv_auth_action act = SRV_AUTH_ANY;
+    enum srv_auth_result r;
+    char name[PS_TOPIC_MAX * 3 + 1] = "";
+    const srv_token *who;
+    kv_bytes raw;
+    long n = 0;
+
+    if (!app->auth || route->need == SRV_NEED_OPEN)
+        return true;
+    switch (route->need) {
+    case SRV_NEED_ADMIN:
+        act = SRV_AUTH_ADMIN;
+        break;
+    case SRV_NEED_WS:
+        if (!header)
+            return true; /* the first frame must then be {"op":"auth"} */
+        break;
+    case SRV_NEED_KV:
+    case SRV_NEED_PUB:
+        act = route->need == SRV_NEED_KV ? kv_action(c) : SRV_AUTH_TOPIC_PUB;
+        raw = srv_req_cap(c, 0);
+        n = raw.len < sizeof name ? srv_pct_decode(raw, false, name) : -1;
+        if (n < 0) {
+            /* a name no store or topic can have: once the token is
+             * known to be valid, the handler answers 400 */
+            act = SRV_AUTH_ANY;
+            n = 0;
+        }
+        break;
+    default:
+        break;
+    }
+    r = srv_auth_check(app->auth, header, act, name, (size_t)n, &who);
+    if (r == SRV_AUTH_OK)
+        return true;
+    auth_refuse(c, r, act, who, name, (size_t)n);
+    return false;
+}
+
 const srv_route srv_routes[] = {
-    {"/v1/kv", SRV_GET | SRV_HEAD, handle_stores},
-    {"/v1/kv/{store}", SRV_GET | SRV_HEAD | SRV_POST | SRV_DELETE,
-     handle_store},
+    {"/v1/kv", SRV_GET | SRV_HEAD, handle_stores, SRV_NEED_ADMIN},
+    {"/v1/kv/{store}", SRV_GET | SRV_HEAD | SRV_POST | SRV_DELETE, handle_store,
+     SRV_NEED_KV},
     {"/v1/kv/{store}/{key*}",
-     SRV_GET | SRV_HEAD | SRV_PUT | SRV_POST | SRV_DELETE, handle_key},
-    {"/v1/pub/{topic}", SRV_POST, handle_publish},
-    {"/v1/topics", SRV_GET | SRV_HEAD, handle_topics},
-    {"/v1/ws", SRV_GET, handle_ws},
-    {"/v1/stats", SRV_GET | SRV_HEAD, handle_stats},
-    {"/healthz", SRV_GET | SRV_HEAD, handle_healthz},
-    {"/readyz", SRV_GET | SRV_HEAD, handle_readyz},
-    {"/metrics", SRV_GET | SRV_HEAD, handle_metrics},
-    {"/", SRV_GET | SRV_HEAD, handle_index},
-    {"/dashboard/{file}", SRV_GET | SRV_HEAD, handle_asset},
+     SRV_GET | SRV_HEAD | SRV_PUT | SRV_POST | SRV_DELETE, handle_key,
+     SRV_NEED_KV},
+    {"/v1/pub/{topic}", SRV_POST, handle_publish, SRV_NEED_PUB},
+    {"/v1/topics", SRV_GET | SRV_HEAD, handle_topics, SRV_NEED_ADMIN},
+    {"/v1/ws", SRV_GET, handle_ws, SRV_NEED_WS},
+    {"/v1/stats", SRV_GET | SRV_HEAD, handle_stats, SRV_NEED_ADMIN},
+    {"/healthz", SRV_GET | SRV_HEAD, handle_healthz, SRV_NEED_OPEN},
+    {"/readyz", SRV_GET | SRV_HEAD, handle_readyz, SRV_NEED_TOKEN},
+    {"/metrics", SRV_GET | SRV_HEAD, handle_metrics, SRV_NEED_ADMIN},
+    {"/", SRV_GET | SRV_HEAD, handle_index, SRV_NEED_OPEN},
+    {"/dashboard/{file}", SRV_GET | SRV_HEAD, handle_asset, SRV_NEED_OPEN},
 };
 const size_t srv_nroutes = sizeof srv_routes / sizeof srv_routes[0];
