@@ -121,8 +121,13 @@ describe('API tokens', { timeout: 60000 }, () => {
 
     after(async () => {
         for (const c of clients) await c.close().catch(() => {});
-        if (node) await node.stop();
         if (dir) fs.rmSync(dir, { recursive: true, force: true });
+        if (node) {
+            // a clean exit: no sanitizer report, no leak (ASan builds)
+            const { code } = await node.stop();
+            assert.equal(code, 0, `kvbusd exit: ${node.stderr().slice(-2000)}`);
+            assert.doesNotMatch(node.stderr(), /AddressSanitizer|LeakSanitizer|runtime error/);
+        }
     });
 
     test('every guarded route without a token is 401 with no data', async () => {

@@ -219,7 +219,7 @@ describe('dashboard with API tokens', { timeout: SUITE_TIMEOUT_MS }, () => {
 
     after(async () => {
         await browser?.close();
-        await node?.stop();
+        if (node) assert.equal((await node.stop()).code, 0, node.stderr().slice(-2000));
         if (dir) fs.rmSync(dir, { recursive: true, force: true });
     });
 
