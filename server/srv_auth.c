@@ -143,21 +143,31 @@ static int parse_perm(srv_parse *p, srv_token *t, const char *w, size_t len)
         g = &t->grants[t->ngrants];
         g->action = srv_perms[i].action;
         if (!parse_pattern(w + plen, len - plen, srv_perms[i].topic, g))
-            return parse_fail(p,
-                              "token \"%s\": bad %s pattern \"%.*s\" "
-                              "(expected a %s, or a prefix ending in '*')",
-                              t->name, srv_perms[i].topic ? "topic" : "store",
-                              (int)(len - plen > 64 ? 64 : len - plen),
-                              w + plen,
-                              srv_perms[i].topic ? "topic" : "store name");
+            return parse_fail(
+                p,
+                "token \"%s\": bad %s pattern \"%.*s\" "
+                "(expected a %s, or a prefix ending in '*')",
+                t->name, srv_perms[i].topic ? "topic" : "store",
+                (int)(len - plen > SRV_AUTH_SHOWN_MAX ? SRV_AUTH_SHOWN_MAX
+                                                      : len - plen),
+                w + plen, srv_perms[i].topic ? "topic" : "store name");
         t->ngrants++;
         return 0;
     }
-    return parse_fail(p,
-                      "token \"%s\": unknown permission \"%.*s\" (expected "
-                      "kv:read:<store>, kv:write:<store>, topic:sub:<topic>, "
-                      "topic:pub:<topic> or admin)",
-                      t->name, (int)(len > 64 ? 64 : len), w);
+    /* a word without ':' may be a misplaced secret: it is not echoed */
+    if (!memchr(w, ':', len))
+        return parse_fail(p,
+                          "token \"%s\": unknown permission (a word without "
+                          "':', not shown; expected kv:read:<store>, "
+                          "kv:write:<store>, topic:sub:<topic>, "
+                          "topic:pub:<topic> or admin)",
+                          t->name);
+    return parse_fail(
+        p,
+        "token \"%s\": unknown permission \"%.*s\" (expected "
+        "kv:read:<store>, kv:write:<store>, topic:sub:<topic>, "
+        "topic:pub:<topic> or admin)",
+        t->name, (int)(len > SRV_AUTH_SHOWN_MAX ? SRV_AUTH_SHOWN_MAX : len), w);
 }
 
 static void token_free(srv_token *t)

@@ -29,6 +29,7 @@
 #define SRV_AUTH_NAME_MAX 64     /* token names: [A-Za-z0-9_.-]{1,64} */
 #define SRV_AUTH_DIGEST_BYTES 32 /* SHA-256 */
 #define SRV_AUTH_FILE_MAX_BYTES (1024 * 1024)
+#define SRV_AUTH_SHOWN_MAX 64 /* bytes of a name echoed in a message */
 
 typedef struct srv_auth srv_auth;   /* a parsed tokens file */
 typedef struct srv_token srv_token; /* one of its tokens */

@@ -723,8 +723,6 @@ static void handle_asset(srv_conn *c)
 /* ------------------------------------------------------------------ */
 /* Authentication and authorization (docs/security.md)                 */
 
-#define AUTH_NAME_SHOWN 64 /* bytes of a store or topic echoed in a 403 */
-
 static const char auth_missing_header[] =
     "WWW-Authenticate: Bearer realm=\"kvbus\"\r\n";
 static const char auth_invalid_header[] =
@@ -752,7 +750,7 @@ static void auth_refuse(srv_conn *c, enum srv_auth_result r,
                         const char *name, size_t len)
 {
     srv_app *app = srv_conn_app(c);
-    int shown = (int)(len > AUTH_NAME_SHOWN ? AUTH_NAME_SHOWN : len);
+    int shown = (int)(len > SRV_AUTH_SHOWN_MAX ? SRV_AUTH_SHOWN_MAX : len);
 
     app->auth_stats.failures[r]++;
     switch (r) {

@@ -169,7 +169,7 @@ static void ws_forbidden(ws_conn *w, json_t *id, enum srv_auth_action action,
              t ? srv_token_name(t) : "(revoked)", srv_auth_action_name(action));
     srv_info("auth: ws token %s denied %s on %.*s",
              t ? srv_token_name(t) : "(revoked)", srv_auth_action_name(action),
-             (int)(len > 64 ? 64 : len), topic);
+             (int)(len > SRV_AUTH_SHOWN_MAX ? SRV_AUTH_SHOWN_MAX : len), topic);
     ws_reply(w,
              json_pack("{s:s, s:s, s:s, s:s#}", "type", "error", "error",
                        "forbidden", "message", msg, "topic", topic, (int)len),

@@ -90,6 +90,17 @@ TEST(parse__unknown_permission__fails_with_line_and_no_token)
     assert_null(strstr(err, BOB));
 }
 
+TEST(parse__unknown_permission_without_colon__is_not_echoed)
+{
+    char err[T_ERR_BYTES];
+
+    parse_bad("alice " ALICE " " BOB "\n", err);
+    assert_non_null(strstr(err, "tokens:1: "));
+    assert_non_null(strstr(err, "unknown permission (a word without"));
+    assert_null(strstr(err, BOB));
+    assert_null(strstr(err, ALICE));
+}
+
 TEST(parse__short_token__fails_without_echoing_it)
 {
     char err[T_ERR_BYTES];
@@ -330,6 +341,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(parse__good_file__has_three_tokens_named_as_written),
         T(parse__unknown_permission__fails_with_line_and_no_token),
+        T(parse__unknown_permission_without_colon__is_not_echoed),
         T(parse__short_token__fails_without_echoing_it),
         T(parse__duplicate_token__fails_naming_both_and_no_token),
         T(parse__duplicate_name__fails),
