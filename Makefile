@@ -44,7 +44,7 @@ PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c \
               server/srv_auth.c
 SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
-           server/srv_metrics.c server/srv_ws.c
+           server/srv_metrics.c server/srv_ws.c server/srv_guard.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 

@@ -35,9 +35,9 @@ extern const srv_route srv_routes[];
 extern const size_t srv_nroutes;
 
 /*
- * The server's guard (srv_http.h): when tokens are configured, checks the
- * request's bearer token against its route's need and answers 401 or 403
- * itself. Passes everything when app->auth is NULL.
+ * The server's guard (srv_http.h, in srv_guard.c): when tokens are configured,
+ * checks the request's bearer token against its route's need and answers 401 or
+ * 403 itself. Passes everything when app->auth is NULL.
  */
 bool srv_route_guard(srv_conn *c, const srv_route *route);
 

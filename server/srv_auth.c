@@ -509,6 +509,17 @@ enum srv_auth_result srv_auth_check(const srv_auth *a, const char *header,
                                                   : SRV_AUTH_FORBIDDEN;
 }
 
+void srv_auth_shown(const char *name, size_t len, char *out)
+{
+    size_t i;
+
+    if (len > SRV_AUTH_SHOWN_MAX)
+        len = SRV_AUTH_SHOWN_MAX;
+    for (i = 0; i < len; i++)
+        out[i] = name[i] >= ' ' && name[i] <= '~' ? name[i] : '?';
+    out[len] = '\0';
+}
+
 const char *srv_auth_result_name(enum srv_auth_result r)
 {
     switch (r) {

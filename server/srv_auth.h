@@ -118,6 +118,13 @@ enum srv_auth_result srv_auth_check(const srv_auth *a, const char *header,
                                     const char *name, size_t len,
                                     const srv_token **who);
 
+/*
+ * Copies at most SRV_AUTH_SHOWN_MAX bytes of a client-sent name (len
+ * bytes) into out (SRV_AUTH_SHOWN_MAX + 1 bytes, NUL-terminated), each
+ * byte outside printable ASCII as '?', so that a log line stays one line.
+ */
+void srv_auth_shown(const char *name, size_t len, char *out);
+
 /* "missing", "invalid", "forbidden" (metric labels), or "ok". */
 const char *srv_auth_result_name(enum srv_auth_result r);
 

@@ -162,14 +162,15 @@ static void ws_forbidden(ws_conn *w, json_t *id, enum srv_auth_action action,
 {
     srv_auth *a = hub_auth(w->hub);
     const srv_token *t = srv_auth_find_digest(a, w->digest);
-    char msg[160];
+    char msg[160], shown[SRV_AUTH_SHOWN_MAX + 1];
 
     w->hub->auth_stats->failures[SRV_AUTH_FORBIDDEN]++;
     snprintf(msg, sizeof msg, "token %s has no %s permission on this topic",
              t ? srv_token_name(t) : "(revoked)", srv_auth_action_name(action));
-    srv_info("auth: ws token %s denied %s on %.*s",
+    srv_auth_shown(topic, len, shown);
+    srv_info("auth: ws token %s denied %s on %s",
              t ? srv_token_name(t) : "(revoked)", srv_auth_action_name(action),
-             (int)(len > SRV_AUTH_SHOWN_MAX ? SRV_AUTH_SHOWN_MAX : len), topic);
+             shown);
     ws_reply(w,
              json_pack("{s:s, s:s, s:s, s:s#}", "type", "error", "error",
                        "forbidden", "message", msg, "topic", topic, (int)len),

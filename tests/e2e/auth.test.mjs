@@ -214,6 +214,9 @@ describe('API tokens', { timeout: 60000 }, () => {
             assertRefused(await call('PUT', `/v1/kv/${store}/a`, { body: 'v', headers: h }), 403,
                 `PUT ${store}`);
         }
+        // a decoded newline stays out of the log's one-line events
+        assertRefused(await call('GET', '/v1/kv/x%0Ainjected/a', { headers: h }), 403, 'newline');
+        assert.ok(!node.stderr().includes('\ninjected'), 'a store name broke a log line');
         // a bad escape is a 400 once the token is known to be valid
         assert.equal((await call('GET', '/v1/kv/cache%zz/a', { headers: h })).status, 400);
         assertRefused(await call('GET', '/v1/kv/cache%zz/a'), 401, 'bad escape without token');

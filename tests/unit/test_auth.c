@@ -334,6 +334,19 @@ TEST(allows__exact_subscribe_grant_does_not_cover_a_pattern)
     srv_auth_free(a);
 }
 
+TEST(shown__control_bytes_become_question_marks_and_long_names_are_cut)
+{
+    char out[SRV_AUTH_SHOWN_MAX + 1], longer[SRV_AUTH_SHOWN_MAX + 10];
+
+    srv_auth_shown("a\nb\x7f\xc3\xa9"
+                   "c",
+                   7, out);
+    assert_string_equal(out, "a?b???c");
+    memset(longer, 'x', sizeof longer);
+    srv_auth_shown(longer, sizeof longer, out);
+    assert_int_equal(strlen(out), SRV_AUTH_SHOWN_MAX);
+}
+
 #define T(name) cmocka_unit_test(name)
 
 int main(void)
@@ -360,6 +373,7 @@ int main(void)
         T(allows__publish_matches_topics),
         T(allows__subscribe_pattern_only_when_covered),
         T(allows__exact_subscribe_grant_does_not_cover_a_pattern),
+        T(shown__control_bytes_become_question_marks_and_long_names_are_cut),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
