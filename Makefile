@@ -41,9 +41,10 @@ NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c \
 PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
            pubsub/ps_origins.c
 PS_LINK ?= $(PS_SRC)
-SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
+SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c \
+              server/srv_auth.c
 SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
-           server/srv_metrics.c server/srv_ws.c
+           server/srv_metrics.c server/srv_ws.c server/srv_guard.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 
@@ -51,7 +52,8 @@ KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
-             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka
+             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
+             $(BUILD)/tests/test_auth
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -82,6 +84,7 @@ $(BUILD)/tests/test_kvstore: $(call obj,tests/unit/test_kvstore.c $(KV_SRC) $(ME
 $(BUILD)/tests/test_memory: $(call obj,tests/unit/test_memory.c $(KV_SRC) $(MEM_SRC))
 $(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_config.c server/srv_log.c $(KV_SRC))
 $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
+$(BUILD)/tests/test_auth: $(call obj,tests/unit/test_auth.c server/srv_auth.c)
 $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 
 #include <uv.h>
@@ -49,7 +50,7 @@ static const struct ps_provider_ops *const providers[] = {
 
 typedef struct daemon {
     srv_app app;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     bool stopping;
 } daemon_t;
 
@@ -60,6 +61,53 @@ static void on_drained(void *ud)
     srv_info("shutdown: connections drained");
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sighup, NULL);
+}
+
+/*
+ * Reads the tokens file (when tokens_file is set) into app->auth. Returns
+ * 0, or -1 with the one-line reason in err (which never holds a token).
+ * Warns when the file can be read by other users.
+ */
+static int load_tokens(srv_app *app, const srv_config *cfg, char *err,
+                       size_t errlen)
+{
+    struct stat st;
+
+    if (!cfg->tokens_file || !cfg->tokens_file[0])
+        return 0;
+    if (srv_auth_load(cfg->tokens_file, &app->auth, err, errlen) != 0)
+        return -1;
+    if (stat(cfg->tokens_file, &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
+        srv_warn("auth: %s can be read by other users; chmod 600 it",
+                 cfg->tokens_file);
+    srv_info("auth: %zu API tokens from %s", srv_auth_count(app->auth),
+             cfg->tokens_file);
+    return 0;
+}
+
+/* SIGHUP: reads the tokens file again. A bad file is logged and the
+ * tokens in use are kept; WebSocket connections of removed tokens close. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    daemon_t *d = h->data;
+    char err[SRV_CONFIG_ERR_BYTES];
+    srv_auth *fresh;
+
+    (void)signum;
+    if (!d->app.auth) {
+        srv_info("auth: SIGHUP ignored: no tokens_file configured");
+        return;
+    }
+    if (srv_auth_load(d->app.cfg->tokens_file, &fresh, err, sizeof err)) {
+        srv_error("auth: reload refused, keeping the current tokens: %s", err);
+        return;
+    }
+    srv_auth_free(d->app.auth);
+    d->app.auth = fresh;
+    srv_ws_hub_auth_changed(d->app.ws);
+    srv_info("auth: reloaded %zu API tokens from %s", srv_auth_count(fresh),
+             d->app.cfg->tokens_file);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -177,6 +225,11 @@ int main(int argc, char **argv)
         return rc == SRV_CONFIG_EXIT ? 0 : 2;
     }
     srv_log_set_level(cfg.log_level);
+    if (load_tokens(&d.app, &cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "kvbusd: %s\n", err);
+        srv_config_free(&cfg);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&loop);
 
@@ -196,6 +249,7 @@ int main(int argc, char **argv)
         srv_error("out of memory at start-up");
         goto out;
     }
+    srv_server_set_guard(d.app.http, srv_route_guard);
     if (open_bus(&d.app, &cfg) != 0)
         goto out;
     ws_limits = (srv_ws_limits){
@@ -211,6 +265,7 @@ int main(int argc, char **argv)
         srv_error("out of memory at start-up");
         goto out;
     }
+    srv_ws_hub_set_auth(d.app.ws, &d.app.auth, &d.app.auth_stats);
     kv_registry_on_change(d.app.reg, on_store_change, &d.app);
     if (open_stores(d.app.reg, &cfg) != 0)
         goto out;
@@ -221,9 +276,17 @@ int main(int argc, char **argv)
     }
     uv_signal_init(&loop, &d.sigint);
     uv_signal_init(&loop, &d.sigterm);
-    d.sigint.data = d.sigterm.data = &d;
+    uv_signal_init(&loop, &d.sighup);
+    d.sigint.data = d.sigterm.data = d.sighup.data = &d;
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d.sighup, on_sighup, SIGHUP);
+    if (!d.app.auth && strcmp(cfg.listen_host, "127.0.0.1") != 0 &&
+        strcmp(cfg.listen_host, "::1") != 0 &&
+        strcmp(cfg.listen_host, "localhost") != 0)
+        srv_warn("auth: no tokens_file: anyone who reaches %s:%u can read "
+                 "and change every store (docs/security.md)",
+                 cfg.listen_host, cfg.listen_port);
     srv_info("kvbusd %s node %s listening on http://%s:%u/", SRV_VERSION,
              cfg.node_id, cfg.listen_host, cfg.listen_port);
 
@@ -239,6 +302,7 @@ out:
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
         srv_warn("shutdown: handles still open at exit");
+    srv_auth_free(d.app.auth);
     srv_config_free(&cfg);
     if (status == 0)
         srv_info("shutdown: done");

@@ -11,6 +11,7 @@
 
 #include "kvstore/kvstore.h"
 #include "pubsub/pubsub.h"
+#include "server/srv_auth.h"
 #include "server/srv_config.h"
 #include "server/srv_http.h"
 #include "server/srv_ws.h"
@@ -24,12 +25,21 @@ typedef struct srv_app {
     srv_server *http;
     ps_bus *bus;
     srv_ws_hub *ws;
-    uint64_t started_ms; /* wall clock, for uptime */
+    srv_auth *auth;            /* owned; NULL = no tokens_file, auth off */
+    srv_auth_stats auth_stats; /* 401s and 403s, HTTP and WebSocket */
+    uint64_t started_ms;       /* wall clock, for uptime */
 } srv_app;
 
 /* The route table of kvbusd (srv_routes.c). */
 extern const srv_route srv_routes[];
 extern const size_t srv_nroutes;
+
+/*
+ * The server's guard (srv_http.h, in srv_guard.c): when tokens are configured,
+ * checks the request's bearer token against its route's need and answers 401 or
+ * 403 itself. Passes everything when app->auth is NULL.
+ */
+bool srv_route_guard(srv_conn *c, const srv_route *route);
 
 /* Renders the Prometheus text exposition of app into a malloc'd string
  * (*len bytes); the caller frees it. NULL when memory runs out. */

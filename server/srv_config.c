@@ -191,6 +191,10 @@ static const srv_key srv_keys[] = {
     SRV_KEY_MS(SRV_SEC_SERVER, "shutdown_grace_ms", SRV_CFG(shutdown_grace_ms),
                0, 3600000, 5000,
                "time to drain requests on SIGTERM; 0 closes at once"),
+    SRV_KEY_STRING(SRV_SEC_SERVER, "tokens_file", SRV_CFG(tokens_file), false,
+                   NULL, "none (no authentication)", "PATH",
+                   "API tokens file (docs/security.md); when set, every "
+                   "route but /healthz and the dashboard needs a token"),
     {.section = SRV_SEC_SERVER,
      .name = "log_level",
      .set = set_choice_index,
@@ -1252,6 +1256,7 @@ void srv_config_free(srv_config *cfg)
     if (!cfg)
         return;
     free(cfg->config_path);
+    free(cfg->tokens_file);
     for (i = 0; i < cfg->nstores; i++)
         store_conf_free(&cfg->stores[i]);
     free(cfg->stores);

@@ -47,6 +47,7 @@ typedef struct srv_config {
     uint32_t ws_stall_ms;              /* full queue this long = close 1008 */
     uint32_t shutdown_grace_ms;        /* drain time on SIGTERM */
     int log_level;                     /* 0 error, 1 warn, 2 info, 3 debug */
+    char *tokens_file;                 /* owned; NULL or "" = no auth */
     kv_store_conf *stores;             /* owned array */
     size_t nstores;
     srv_pubsub_conf pubsub;

@@ -50,6 +50,7 @@ struct srv_server {
     const srv_route *routes;
     size_t nroutes;
     void *app;
+    srv_guard guard; /* NULL: every routed request reaches its handler */
     srv_conn *conns; /* doubly linked list of open connections */
     srv_http_stats stats;
     bool draining;
@@ -552,7 +553,8 @@ static int on_message_complete(http_parser *p)
         switch (srv_route_find(s->routes, s->nroutes, c->method, c->path,
                                &route, c->caps)) {
         case SRV_MATCH_OK:
-            route->handler(c);
+            if (!s->guard || s->guard(c, route))
+                route->handler(c);
             break;
         case SRV_MATCH_BAD_METHOD:
             respond_not_allowed(c);
@@ -937,6 +939,11 @@ srv_server *srv_server_new(uv_loop_t *loop, const srv_limits *limits,
     uv_idle_init(loop, &s->flush_idle);
     s->flush_idle.data = s;
     return s;
+}
+
+void srv_server_set_guard(srv_server *s, srv_guard guard)
+{
+    s->guard = guard;
 }
 
 int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,

@@ -83,6 +83,15 @@ int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,
 void srv_server_shutdown(srv_server *s, unsigned grace_ms,
                          void (*done)(void *ud), void *ud);
 
+/*
+ * A check run on every routed request before its handler. It returns true
+ * to let the handler run, or answers the request itself (401, 403) and
+ * returns false. One guard per server; NULL (the default) lets all pass.
+ */
+typedef bool (*srv_guard)(srv_conn *c, const srv_route *route);
+
+void srv_server_set_guard(srv_server *s, srv_guard guard);
+
 /* Frees the server after the shutdown callback; the memory goes when the
  * loop next runs its close callbacks. Accepts NULL. */
 void srv_server_free(srv_server *s);

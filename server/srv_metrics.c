@@ -222,7 +222,7 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
 {
     const srv_http_stats *hs = srv_server_stats(app->http);
     text t = {0};
-    int cls;
+    int cls, r;
 
     render_ops(&t, app->reg);
     render_stores(&t, app->reg);
@@ -246,6 +246,13 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
         put(&t, "kvbus_http_responses_total{code=\"%dxx\"} %llu\n", cls,
             (unsigned long long)hs->responses[cls]);
     render_pubsub(&t, app);
+    put(&t, "# HELP kvbus_auth_failures_total Requests and WebSocket frames "
+            "refused by API token checks.\n"
+            "# TYPE kvbus_auth_failures_total counter\n");
+    for (r = SRV_AUTH_MISSING; r < SRV_AUTH__COUNT; r++)
+        put(&t, "kvbus_auth_failures_total{reason=\"%s\"} %llu\n",
+            srv_auth_result_name((enum srv_auth_result)r),
+            (unsigned long long)app->auth_stats.failures[r]);
     put(&t,
         "# HELP kvbus_uptime_seconds Seconds since start.\n"
         "# TYPE kvbus_uptime_seconds gauge\n"

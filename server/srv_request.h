@@ -31,14 +31,31 @@ enum srv_method {
 struct srv_conn;
 
 /*
+ * What a route asks of the caller when API tokens are configured (checked
+ * once, before the handler, by the server's guard; docs/security.md). The
+ * zero value is the strictest, so a route added without one is for
+ * operators only.
+ */
+enum srv_route_need {
+    SRV_NEED_ADMIN = 0, /* a token with the admin permission */
+    SRV_NEED_OPEN,      /* nothing: /healthz and the dashboard's files */
+    SRV_NEED_TOKEN,     /* any valid token */
+    SRV_NEED_KV,        /* kv:read or kv:write on store capture 0 */
+    SRV_NEED_PUB,       /* topic:pub on topic capture 0 */
+    SRV_NEED_WS,        /* a valid token if one is sent, else the auth frame */
+};
+
+/*
  * A route: a pattern of literal segments, "{name}" (one non-empty segment)
  * and a final "{name*}" (the non-empty rest, "/" included), the methods it
- * accepts, and its handler. Tables of these are data, matched in one place.
+ * accepts, its handler, and what it needs when tokens are on. Tables of
+ * these are data, matched in one place.
  */
 typedef struct srv_route {
     const char *pattern;
     unsigned methods;                    /* SRV_GET | SRV_HEAD ... */
     void (*handler)(struct srv_conn *c); /* NULL in unit tests */
+    enum srv_route_need need;            /* default: SRV_NEED_ADMIN */
 } srv_route;
 
 typedef enum srv_match {

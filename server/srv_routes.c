@@ -721,19 +721,20 @@ static void handle_asset(srv_conn *c)
 }
 
 const srv_route srv_routes[] = {
-    {"/v1/kv", SRV_GET | SRV_HEAD, handle_stores},
-    {"/v1/kv/{store}", SRV_GET | SRV_HEAD | SRV_POST | SRV_DELETE,
-     handle_store},
+    {"/v1/kv", SRV_GET | SRV_HEAD, handle_stores, SRV_NEED_ADMIN},
+    {"/v1/kv/{store}", SRV_GET | SRV_HEAD | SRV_POST | SRV_DELETE, handle_store,
+     SRV_NEED_KV},
     {"/v1/kv/{store}/{key*}",
-     SRV_GET | SRV_HEAD | SRV_PUT | SRV_POST | SRV_DELETE, handle_key},
-    {"/v1/pub/{topic}", SRV_POST, handle_publish},
-    {"/v1/topics", SRV_GET | SRV_HEAD, handle_topics},
-    {"/v1/ws", SRV_GET, handle_ws},
-    {"/v1/stats", SRV_GET | SRV_HEAD, handle_stats},
-    {"/healthz", SRV_GET | SRV_HEAD, handle_healthz},
-    {"/readyz", SRV_GET | SRV_HEAD, handle_readyz},
-    {"/metrics", SRV_GET | SRV_HEAD, handle_metrics},
-    {"/", SRV_GET | SRV_HEAD, handle_index},
-    {"/dashboard/{file}", SRV_GET | SRV_HEAD, handle_asset},
+     SRV_GET | SRV_HEAD | SRV_PUT | SRV_POST | SRV_DELETE, handle_key,
+     SRV_NEED_KV},
+    {"/v1/pub/{topic}", SRV_POST, handle_publish, SRV_NEED_PUB},
+    {"/v1/topics", SRV_GET | SRV_HEAD, handle_topics, SRV_NEED_ADMIN},
+    {"/v1/ws", SRV_GET, handle_ws, SRV_NEED_WS},
+    {"/v1/stats", SRV_GET | SRV_HEAD, handle_stats, SRV_NEED_ADMIN},
+    {"/healthz", SRV_GET | SRV_HEAD, handle_healthz, SRV_NEED_OPEN},
+    {"/readyz", SRV_GET | SRV_HEAD, handle_readyz, SRV_NEED_TOKEN},
+    {"/metrics", SRV_GET | SRV_HEAD, handle_metrics, SRV_NEED_ADMIN},
+    {"/", SRV_GET | SRV_HEAD, handle_index, SRV_NEED_OPEN},
+    {"/dashboard/{file}", SRV_GET | SRV_HEAD, handle_asset, SRV_NEED_OPEN},
 };
 const size_t srv_nroutes = sizeof srv_routes / sizeof srv_routes[0];

@@ -50,7 +50,9 @@ struct srv_ws_hub {
     srv_ws_stats stats;
     ws_conn *conns;
     uv_timer_t check_timer;
-    bool freeing; /* srv_ws_hub_free was called */
+    srv_auth *const *auth;      /* NULL or *auth NULL: no tokens */
+    srv_auth_stats *auth_stats; /* with auth */
+    bool freeing;               /* srv_ws_hub_free was called */
     bool timer_closed;
     /* the last message encoded, reused for every subscriber of it */
     char cache_node[PS_NODE_ID_MAX + 1];
@@ -71,6 +73,10 @@ struct ws_conn {
     uint64_t close_deadline;  /* ms; 0 = not closing */
     const char *in;           /* bytes being fed to wslay */
     size_t in_len;
+    bool authed; /* a token was accepted, or auth is off */
+    unsigned char digest[SRV_AUTH_DIGEST_BYTES]; /* of that token */
+    uint64_t auth_deadline;                      /* ms; 0 = authenticated */
+    unsigned auth_failures; /* frames refused before authenticating */
 };
 
 static uint64_t now_ms(void)
@@ -126,6 +132,65 @@ static void ws_error(ws_conn *w, json_t *id, const char *code, const char *msg)
              json_pack("{s:s, s:s, s:s}", "type", "error", "error", code,
                        "message", msg),
              id);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tokens                                                               */
+
+static srv_auth *hub_auth(const srv_ws_hub *hub)
+{
+    return hub->auth ? *hub->auth : NULL;
+}
+
+/* Whether the connection's token may do action on name (always when
+ * tokens are off). The token is looked up again by digest, so a reload
+ * that removed it takes effect at once. */
+static bool ws_allows(ws_conn *w, enum srv_auth_action action, const char *name,
+                      size_t len)
+{
+    srv_auth *a = hub_auth(w->hub);
+
+    if (!a)
+        return true;
+    return srv_token_allows(srv_auth_find_digest(a, w->digest), action, name,
+                            len);
+}
+
+/* A `forbidden` error frame naming the topic or pattern refused. */
+static void ws_forbidden(ws_conn *w, json_t *id, enum srv_auth_action action,
+                         const char *topic, size_t len)
+{
+    srv_auth *a = hub_auth(w->hub);
+    const srv_token *t = srv_auth_find_digest(a, w->digest);
+    char msg[160], shown[SRV_AUTH_SHOWN_MAX + 1];
+
+    w->hub->auth_stats->failures[SRV_AUTH_FORBIDDEN]++;
+    snprintf(msg, sizeof msg, "token %s has no %s permission on this topic",
+             t ? srv_token_name(t) : "(revoked)", srv_auth_action_name(action));
+    srv_auth_shown(topic, len, shown);
+    srv_info("auth: ws token %s denied %s on %s",
+             t ? srv_token_name(t) : "(revoked)", srv_auth_action_name(action),
+             shown);
+    ws_reply(w,
+             json_pack("{s:s, s:s, s:s, s:s#}", "type", "error", "error",
+                       "forbidden", "message", msg, "topic", topic, (int)len),
+             id);
+}
+
+static void ws_close(ws_conn *w, uint16_t code, const char *reason);
+
+/* Refuses a frame of a connection not yet authenticated; closes the
+ * connection after SRV_WS_AUTH_MAX_FAILURES refusals. */
+static void ws_unauthorized(ws_conn *w, json_t *id, enum srv_auth_result r,
+                            const char *msg)
+{
+    w->hub->auth_stats->failures[r]++;
+    ws_error(w, id, "unauthorized", msg);
+    if (++w->auth_failures >= SRV_WS_AUTH_MAX_FAILURES) {
+        srv_info("auth: ws connection closed after %u refused frames",
+                 w->auth_failures);
+        ws_close(w, WS_CLOSE_POLICY, "authentication failed");
+    }
 }
 
 /* Moves queued frames to the socket while it keeps up. */
@@ -320,6 +385,15 @@ static void op_subscribe(ws_conn *w, json_t *frame, json_t *id)
 
     if (!topics)
         return;
+    json_array_foreach(topics, i, t)
+    {
+        if (!ws_allows(w, SRV_AUTH_TOPIC_SUB, json_string_value(t),
+                       json_string_length(t))) {
+            ws_forbidden(w, id, SRV_AUTH_TOPIC_SUB, json_string_value(t),
+                         json_string_length(t));
+            return;
+        }
+    }
     if (ps_sub_pattern_count(w->sub) + json_array_size(topics) >
         w->hub->limits.max_patterns) {
         ws_error(w, id, "limit", "too many subscriptions on this connection");
@@ -397,6 +471,12 @@ static void op_publish(ws_conn *w, json_t *frame, json_t *id)
         ws_error(w, id, "bad_request", "publish needs \"topic\"");
         return;
     }
+    if (!ws_allows(w, SRV_AUTH_TOPIC_PUB, json_string_value(topic),
+                   json_string_length(topic))) {
+        ws_forbidden(w, id, SRV_AUTH_TOPIC_PUB, json_string_value(topic),
+                     json_string_length(topic));
+        return;
+    }
     if (json_is_string(data) && !b64) {
         payload = json_string_value(data);
         len = json_string_length(data);
@@ -436,15 +516,59 @@ static void op_ping(ws_conn *w, json_t *frame, json_t *id)
     ws_reply(w, json_pack("{s:s}", "type", "pong"), id);
 }
 
+/*
+ * {"op":"auth","token":"..."}: authenticates the connection. Answered
+ * {"type":"authenticated","name":...} (no name when tokens are off), or
+ * an `unauthorized` error. A connection authenticates once.
+ */
+static void op_auth(ws_conn *w, json_t *frame, json_t *id)
+{
+    json_t *token = json_object_get(frame, "token");
+    srv_auth *a = hub_auth(w->hub);
+    const srv_token *t;
+
+    if (!a) {
+        ws_reply(w, json_pack("{s:s}", "type", "authenticated"), id);
+        return;
+    }
+    if (w->authed) {
+        ws_error(w, id, "bad_request", "this connection is authenticated");
+        return;
+    }
+    if (!json_is_string(token)) {
+        ws_unauthorized(w, id, SRV_AUTH_MISSING,
+                        "auth needs \"token\": the API token, a string");
+        return;
+    }
+    t = srv_auth_find(a, json_string_value(token), json_string_length(token));
+    if (!t) {
+        srv_info("auth: ws auth frame with an invalid token refused");
+        ws_unauthorized(w, id, SRV_AUTH_INVALID, "the API token is not valid");
+        return;
+    }
+    w->authed = true;
+    w->auth_deadline = 0;
+    memcpy(w->digest, srv_token_digest(t), sizeof w->digest);
+    ws_reply(w,
+             json_pack("{s:s, s:s}", "type", "authenticated", "name",
+                       srv_token_name(t)),
+             id);
+}
+
 static const struct ws_op {
     const char *name;
     void (*handler)(ws_conn *w, json_t *frame, json_t *id);
+    bool before_auth; /* allowed before the connection authenticated */
 } ws_ops[] = {
-    {"subscribe", op_subscribe},
-    {"unsubscribe", op_unsubscribe},
-    {"publish", op_publish},
-    {"ping", op_ping},
+    {"auth", op_auth, true},
+    {"subscribe", op_subscribe, false},
+    {"unsubscribe", op_unsubscribe, false},
+    {"publish", op_publish, false},
+    {"ping", op_ping, false},
 };
+
+static const char ws_auth_first[] =
+    "authenticate first: send {\"op\":\"auth\",\"token\":\"...\"}";
 
 /* One text frame from the client: a JSON object with "op". */
 static void handle_frame(ws_conn *w, const char *data, size_t len)
@@ -459,6 +583,11 @@ static void handle_frame(ws_conn *w, const char *data, size_t len)
         return;
     }
     frame = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
+    if (!w->authed && !json_is_object(frame)) {
+        ws_unauthorized(w, NULL, SRV_AUTH_MISSING, ws_auth_first);
+        json_decref(frame);
+        return;
+    }
     if (!json_is_object(frame)) {
         ws_error(w, NULL, "bad_json",
                  frame ? "a frame must be a JSON object" : jerr.text);
@@ -469,13 +598,20 @@ static void handle_frame(ws_conn *w, const char *data, size_t len)
     op = json_string_value(json_object_get(frame, "op"));
     for (i = 0; op && i < sizeof ws_ops / sizeof ws_ops[0]; i++) {
         if (strcmp(op, ws_ops[i].name) == 0) {
-            ws_ops[i].handler(w, frame, id);
+            if (w->authed || ws_ops[i].before_auth)
+                ws_ops[i].handler(w, frame, id);
+            else
+                ws_unauthorized(w, id, SRV_AUTH_MISSING, ws_auth_first);
             json_decref(frame);
             return;
         }
     }
-    ws_error(w, id, "bad_op",
-             "\"op\" must be subscribe, unsubscribe, publish or ping");
+    if (!w->authed)
+        ws_unauthorized(w, id, SRV_AUTH_MISSING, ws_auth_first);
+    else
+        ws_error(w, id, "bad_op",
+                 "\"op\" must be auth, subscribe, unsubscribe, publish or "
+                 "ping");
     json_decref(frame);
 }
 
@@ -490,8 +626,11 @@ static void on_ws_msg(wslay_event_context_ptr ctx,
         handle_frame(w, (const char *)arg->msg, arg->msg_length);
     } else if (arg->opcode == WSLAY_BINARY_FRAME) {
         w->hub->stats.frames_in++;
-        ws_error(w, NULL, "bad_frame",
-                 "frames are JSON text; send bytes as data_b64");
+        if (!w->authed)
+            ws_unauthorized(w, NULL, SRV_AUTH_MISSING, ws_auth_first);
+        else
+            ws_error(w, NULL, "bad_frame",
+                     "frames are JSON text; send bytes as data_b64");
     }
 }
 
@@ -574,6 +713,12 @@ static void on_check(uv_timer_t *t)
         next = w->next;
         if (w->close_deadline && now > w->close_deadline) {
             srv_conn_abort(w->conn);
+        } else if (w->auth_deadline && !w->close_deadline &&
+                   now > w->auth_deadline) {
+            srv_info("auth: ws connection closed: no auth frame within %d ms",
+                     SRV_WS_AUTH_TIMEOUT_MS);
+            w->auth_deadline = 0;
+            ws_close(w, WS_CLOSE_POLICY, "authentication timeout");
         } else if (w->stalled_since && !w->close_deadline &&
                    now - w->stalled_since > hub->limits.stall_ms) {
             hub->stats.closed_slow++;
@@ -637,6 +782,23 @@ void srv_ws_accept(srv_ws_hub *hub, srv_conn *c)
 
     w->hub = hub;
     w->conn = c;
+    w->authed = !hub_auth(hub);
+    if (!w->authed) {
+        /* the route's guard let a header through only when it is valid */
+        const char *tok;
+        size_t tlen;
+        const srv_token *t =
+            srv_auth_bearer(srv_req_header(c, SRV_HDR_AUTHORIZATION), &tok,
+                            &tlen)
+                ? srv_auth_find(hub_auth(hub), tok, tlen)
+                : NULL;
+        if (t) {
+            w->authed = true;
+            memcpy(w->digest, srv_token_digest(t), sizeof w->digest);
+        } else {
+            w->auth_deadline = now_ms() + SRV_WS_AUTH_TIMEOUT_MS;
+        }
+    }
     w->next = hub->conns;
     if (hub->conns)
         hub->conns->prev = w;
@@ -700,4 +862,21 @@ void srv_ws_hub_shutdown(srv_ws_hub *hub)
 const srv_ws_stats *srv_ws_hub_stats(const srv_ws_hub *hub)
 {
     return &hub->stats;
+}
+
+void srv_ws_hub_set_auth(srv_ws_hub *hub, srv_auth *const *auth,
+                         srv_auth_stats *stats)
+{
+    hub->auth = auth;
+    hub->auth_stats = stats;
+}
+
+void srv_ws_hub_auth_changed(srv_ws_hub *hub)
+{
+    srv_auth *a = hub_auth(hub);
+    ws_conn *w;
+
+    for (w = hub->conns; w; w = w->next)
+        if (a && w->authed && !srv_auth_find_digest(a, w->digest))
+            ws_close(w, WS_CLOSE_POLICY, "token revoked");
 }

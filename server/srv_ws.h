@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "pubsub/pubsub.h"
+#include "server/srv_auth.h"
 #include "server/srv_http.h"
 
 struct uv_loop_s;
@@ -53,5 +54,24 @@ void srv_ws_hub_shutdown(srv_ws_hub *hub);
 void srv_ws_accept(srv_ws_hub *hub, srv_conn *c);
 
 const srv_ws_stats *srv_ws_hub_stats(const srv_ws_hub *hub);
+
+/*
+ * Turns on API tokens for the hub's connections: *auth (borrowed; the
+ * pointer is read at every check, so a reload that swaps it is seen at
+ * once) is the table, stats counts refusals. A connection is then
+ * authenticated by a valid Authorization header at the upgrade or by a
+ * first {"op":"auth","token":"..."} frame; until then every other frame
+ * gets an `unauthorized` error, and the connection is closed with 1008
+ * after SRV_WS_AUTH_MAX_FAILURES of them or SRV_WS_AUTH_TIMEOUT_MS.
+ * subscribe needs topic:sub covering each pattern, publish topic:pub.
+ */
+void srv_ws_hub_set_auth(srv_ws_hub *hub, srv_auth *const *auth,
+                         srv_auth_stats *stats);
+
+#define SRV_WS_AUTH_TIMEOUT_MS 10000 /* from the upgrade to the auth frame */
+#define SRV_WS_AUTH_MAX_FAILURES 3   /* refused frames before closing */
+
+/* After *auth changed: closes (1008) the connections whose token is gone. */
+void srv_ws_hub_auth_changed(srv_ws_hub *hub);
 
 #endif

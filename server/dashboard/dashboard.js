@@ -1,6 +1,10 @@
 // kvbus dashboard: a live feed over /v1/ws, a publish form, the topics and
 // stores tables (polled from /v1/topics and /v1/stats), and a small key
-// browser. Plain browser JavaScript, no libraries, same origin only.
+// browser. Plain browser JavaScript, no libraries, same origin only. When
+// the server asks for an API token (a 401, or an `unauthorized` frame) the
+// page shows a token form; the token is kept in sessionStorage (this tab
+// only), sent as Authorization on fetches and as the WebSocket's first
+// frame ({"op":"auth","token":...}).
 'use strict';
 
 (function () {
@@ -53,11 +57,87 @@
     return (u ? n.toFixed(1) : String(n)) + ' ' + units[u];
   }
 
+  /* ---------------- the API token ---------------- */
+
+  const TOKEN_KEY = 'kvbus.token';
+  let token = sessionStorage.getItem(TOKEN_KEY) || '';
+  let tokenNeeded = false; // the server answered 401 or `unauthorized`
+
+  function authHeaders() { return token ? { Authorization: 'Bearer ' + token } : {}; }
+
+  /* fetch() with the token; a 401 opens the token form. */
+  async function api(path, opts = {}) {
+    const r = await fetch(path, { cache: 'no-store', ...opts, headers: { ...authHeaders(), ...(opts.headers || {}) } });
+    if (r.status === 401) askToken(token ? 'The server refused the saved token: enter another one.' : '');
+    return r;
+  }
+
+  function showAuthError(text) {
+    const e = $('auth-error');
+    e.textContent = text;
+    e.hidden = !text;
+  }
+
+  /* Shows the token form (focused the first time); forgets a refused token. */
+  function askToken(why) {
+    tokenNeeded = true;
+    if (token) forgetToken();
+    setState('waiting for a token', 'bad');
+    const box = $('auth'), first = box.hidden;
+    box.hidden = false;
+    if (why) showAuthError(why);
+    if (first) $('auth-token').focus();
+  }
+  function forgetToken() {
+    token = '';
+    sessionStorage.removeItem(TOKEN_KEY);
+    $('auth-forget').hidden = true;
+  }
+
+  /* A 403: says what this token may not do, and leaves the page usable. */
+  function noteForbidden(what, doc) {
+    const n = $('auth-notice');
+    n.textContent = `Not allowed with this token: ${what}` + (doc && doc.message ? ` (${doc.message})` : '');
+    n.hidden = false;
+  }
+
+  $('auth-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const t = $('auth-token').value.trim();
+    if (!t) return;
+    let r;
+    try {
+      r = await fetch('/readyz', { cache: 'no-store', headers: { Authorization: 'Bearer ' + t } });
+    } catch (e) {
+      showAuthError('The server cannot be reached.');
+      return;
+    }
+    if (r.status === 401) {
+      showAuthError('This token was refused.');
+      $('auth-token').select();
+      return;
+    }
+    token = t;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    $('auth-token').value = '';
+    showAuthError('');
+    $('auth').hidden = true;
+    $('auth-forget').hidden = false;
+    reconnect();
+    refresh();
+  });
+  $('auth-forget').addEventListener('click', () => {
+    forgetToken();
+    reconnect();
+    askToken('');
+  });
+  $('auth-forget').hidden = !token;
+
   /* ---------------- the WebSocket ---------------- */
 
   const subs = new Set();      // patterns the user asked for
   const pending = new Map();   // id -> callback for replies
-  let ws = null, nextId = 1, backoff = 250;
+  let ws = null, nextId = 1, backoff = 250, retryTimer = null;
 
   function setState(text, cls) {
     const s = $('ws-state');
@@ -78,16 +158,30 @@
     const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/v1/ws';
     setState('connecting');
     ws = new WebSocket(url);
-    ws.onopen = () => {
-      backoff = 250;
+    const ready = () => {
       setState('connected', 'ok');
       if (subs.size) send({ op: 'subscribe', topics: [...subs] }, null);
     };
+    ws.onopen = () => {
+      backoff = 250;
+      if (!token) { ready(); return; }
+      setState('signing in');
+      send({ op: 'auth', token }, (f) => {
+        if (f.type === 'authenticated') ready();
+        else if (f.error === 'unauthorized') {
+          setState('token refused', 'bad');
+          askToken('The server refused the token for the live feed.');
+        }
+      });
+    };
     ws.onclose = () => {
+      failPending();
+      if (tokenNeeded && !token) {
+        setState('waiting for a token', 'bad');
+        return; // connect() again once a token is given
+      }
       setState('disconnected, retrying', 'bad');
-      for (const cb of pending.values()) cb({ type: 'error', error: 'disconnected', message: 'the connection closed' });
-      pending.clear();
-      setTimeout(connect, backoff);
+      retryTimer = setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, RECONNECT_MAX_MS);
     };
     ws.onmessage = (ev) => {
@@ -102,6 +196,26 @@
         cb(f);
       }
     };
+  }
+
+  function failPending() {
+    for (const cb of pending.values()) cb({ type: 'error', error: 'disconnected', message: 'the connection closed' });
+    pending.clear();
+  }
+
+  /* Drops the socket (without the retry) and opens a new one. */
+  function reconnect() {
+    clearTimeout(retryTimer);
+    if (ws) {
+      const old = ws;
+      ws = null;
+      old.onclose = null;
+      old.onmessage = null;
+      old.close();
+    }
+    failPending();
+    backoff = 250;
+    connect();
   }
 
   /* ---------------- the feed ---------------- */
@@ -207,6 +321,7 @@
         input.value = '';
         $('feed-notice').hidden = true;
       } else {
+        if (f.error === 'unauthorized') askToken('');
         feedNotice(`subscribe refused: ${f.error}: ${f.message}`);
       }
     });
@@ -231,6 +346,7 @@
         out.className = 'okt';
         out.textContent = `published on ${f.topic}, seq ${f.seq}`;
       } else {
+        if (f.error === 'unauthorized') askToken('');
         out.className = 'err';
         out.textContent = `error ${f.error}: ${f.message}`;
       }
@@ -243,8 +359,13 @@
   let lastOps = new Map(), lastAt = 0;
 
   async function getJson(path) {
-    const r = await fetch(path, { cache: 'no-store' });
-    if (!r.ok) throw new Error(path + ': HTTP ' + r.status);
+    const r = await api(path);
+    if (!r.ok) {
+      const e = new Error(path + ': HTTP ' + r.status);
+      e.status = r.status;
+      try { e.doc = await r.json(); } catch { e.doc = null; }
+      throw e;
+    }
     return r.json();
   }
 
@@ -285,16 +406,25 @@
     }
   }
 
-  async function poll() {
+  async function refresh() {
     try {
       const [t, s] = await Promise.all([getJson('/v1/topics'), getJson('/v1/stats')]);
       renderTopics(t);
       renderStats(s);
+      $('auth-notice').hidden = true;
     } catch (e) {
-      $('provider').textContent = 'unreachable';
+      let text = 'unreachable';
+      if (e.status === 401) text = 'token needed';
+      else if (e.status === 403) {
+        text = 'not allowed';
+        noteForbidden('the header, topics and stores need the admin permission', e.doc);
+      }
+      $('provider').textContent = text;
       $('provider').className = 'state bad';
     }
-    setTimeout(poll, POLL_MS);
+  }
+  function poll() {
+    refresh().finally(() => setTimeout(poll, POLL_MS));
   }
 
   /* ---------------- the key browser ---------------- */
@@ -313,7 +443,7 @@
     if (more && kvCursor) q += '&cursor=' + encodeURIComponent(kvCursor);
     let doc;
     try {
-      const r = await fetch('/v1/kv/' + encodeURIComponent(store) + q, { cache: 'no-store' });
+      const r = await api('/v1/kv/' + encodeURIComponent(store) + q);
       doc = await r.json();
       if (!r.ok) throw new Error(`${doc.error}: ${doc.message}`);
     } catch (e) {
@@ -338,7 +468,7 @@
     const box = $('kv-value');
     let r;
     try {
-      r = await fetch('/v1/kv/' + encodeURIComponent(store) + '/' + encKey(key), { cache: 'no-store' });
+      r = await api('/v1/kv/' + encodeURIComponent(store) + '/' + encKey(key));
     } catch (e) {
       box.replaceChildren(el('p', { className: 'err' }, String(e)));
       return;
@@ -349,7 +479,9 @@
       return;
     }
     if (!r.ok) {
-      box.replaceChildren(el('p', { className: 'err' }, `HTTP ${r.status}: ${new TextDecoder().decode(bytes)}`));
+      let text = new TextDecoder().decode(bytes);
+      try { const d = JSON.parse(text); text = `${d.error}: ${d.message}`; } catch { /* not JSON */ }
+      box.replaceChildren(el('p', { className: 'err' }, `HTTP ${r.status}: ${text}`));
       return;
     }
     let text = null;

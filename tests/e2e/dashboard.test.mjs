@@ -5,21 +5,28 @@
 // ETag, TTL), the topics and stores tables, and a narrow window. Also the
 // /v1/stats route the page polls. Screenshots go to tests/artifacts/.
 //
+// With API tokens (a private kvbusd started with a tokens file): the page
+// asks for a token, refuses a wrong one, shows data and a live feed with a
+// good one, and says clearly what a token without admin may not see.
+//
 // Backend-agnostic: it runs against the kvbusd of tests/e2e/run for every
 // backend. Chromium missing or failing to start is a failure, not a skip
 // (tests/tools/install-deps installs the `chromium` package).
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 import { BASE, BACKEND, request, json, uniqueStore } from './lib.mjs';
-import { WsClient } from './wslib.mjs';
+import { WsClient, startKvbusd, httpRequest } from './wslib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
+const KVBUSD = process.env.KVBUSD ?? path.resolve(HERE, '../../build/kvbusd');
 const ARTIFACTS = path.resolve(HERE, '../artifacts');
 const CHROMIUM = process.env.KVBUS_CHROMIUM ?? '/usr/bin/chromium';
 const UI_TIMEOUT_MS = 5000; // every wait on the page; bounds a failure only
@@ -179,6 +186,89 @@ describe(`dashboard (${BACKEND})`, { timeout: SUITE_TIMEOUT_MS }, () => {
         await page.getByLabel('Topic or pattern').focus();
         await page.keyboard.press('Tab');
         assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Subscribe');
+        assert.deepEqual(pageErrors, []);
+    });
+});
+
+describe('dashboard with API tokens', { timeout: SUITE_TIMEOUT_MS }, () => {
+    const admin = `dash-admin-${crypto.randomBytes(12).toString('hex')}`;
+    const reader = `dash-reader-${crypto.randomBytes(12).toString('hex')}`;
+    let browser, dir, node;
+    const pageErrors = [];
+
+    /* A fresh page (its own sessionStorage) on the private node. */
+    async function openPage() {
+        const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+        const page = await context.newPage();
+        page.setDefaultTimeout(UI_TIMEOUT_MS);
+        page.on('pageerror', (e) => pageErrors.push(String(e)));
+        await page.goto(node.url + '/');
+        return page;
+    }
+
+    before(async () => {
+        assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing`);
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvbus-dash-auth-'));
+        const file = path.join(dir, 'tokens');
+        fs.writeFileSync(file, [
+            `admin ${admin} admin kv:read:* kv:write:* topic:sub:* topic:pub:*`,
+            `reader ${reader} kv:read:*`, ''].join('\n'), { mode: 0o600 });
+        node = await startKvbusd(KVBUSD, [`--server.tokens_file=${file}`]);
+        browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
+    });
+
+    after(async () => {
+        await browser?.close();
+        if (node) assert.equal((await node.stop()).code, 0, node.stderr().slice(-2000));
+        if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    test('the page asks for a token, refuses a wrong one, then shows data and the live feed', async () => {
+        const page = await openPage();
+        const input = page.getByLabel('API token', { exact: true });
+        await input.waitFor();
+        assert.equal(await page.evaluate(() => document.activeElement.id), 'auth-token',
+            'the token field has the focus');
+        await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-token-prompt.png') });
+
+        await input.fill('not-a-valid-token-at-all');
+        await input.press('Enter');
+        await page.locator('#auth-error', { hasText: 'refused' }).waitFor();
+        assert.equal(await page.locator('#auth').isVisible(), true);
+
+        await input.fill(admin);
+        await page.getByRole('button', { name: 'Use token' }).click();
+        await page.locator('#auth').waitFor({ state: 'hidden' });
+        await page.locator('#stores tr', { hasText: 'default' }).waitFor();
+        assert.notEqual(await page.locator('#node').textContent(), '…');
+        await page.locator('#ws-state', { hasText: 'connected' }).waitFor();
+
+        const topic = `dash.auth.${process.pid}`;
+        await page.getByLabel('Topic or pattern').fill(topic);
+        await page.getByRole('button', { name: 'Subscribe' }).click();
+        await page.locator('#subs li', { hasText: topic }).waitFor();
+        const res = await httpRequest(node.url, 'POST', `/v1/pub/${topic}`,
+            { body: 'behind a token', headers: { authorization: `Bearer ${admin}` } });
+        assert.equal(res.status, 202);
+        await page.locator('#feed tr', { hasText: 'behind a token' }).waitFor();
+        assert.equal(await page.evaluate(() => sessionStorage.getItem('kvbus.token')), admin);
+        await page.context().close();
+    });
+
+    test('a token without admin is told what it may not see; writes and feeds say forbidden', async () => {
+        const page = await openPage();
+        await page.getByLabel('API token', { exact: true }).fill(reader);
+        await page.getByRole('button', { name: 'Use token' }).click();
+        await page.locator('#auth').waitFor({ state: 'hidden' });
+        await page.locator('#auth-notice', { hasText: 'admin' }).waitFor();
+        await page.locator('#ws-state', { hasText: 'connected' }).waitFor();
+        await page.getByLabel('Topic or pattern').fill('news');
+        await page.getByRole('button', { name: 'Subscribe' }).click();
+        await page.locator('#feed-notice', { hasText: 'forbidden' }).waitFor();
+        await page.getByLabel('Topic', { exact: true }).fill('news');
+        await page.getByRole('button', { name: 'Publish' }).click();
+        await page.locator('#pub-result', { hasText: 'forbidden' }).waitFor();
+        await page.context().close();
         assert.deepEqual(pageErrors, []);
     });
 });

@@ -106,9 +106,12 @@ export class WsClient {
         ws.on('error', () => {}); // surfaced through 'close'
     }
 
-    /* Opens a connection to url; rejects on an HTTP answer other than 101. */
-    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS } = {}) {
-        const ws = new WebSocket(url, { perMessageDeflate: false });
+    /*
+     * Opens a connection to url, sending headers with the upgrade request;
+     * rejects on an HTTP answer other than 101.
+     */
+    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS, headers } = {}) {
+        const ws = new WebSocket(url, { perMessageDeflate: false, headers });
         const client = new WsClient(ws);
         const opened = new Promise((resolve, reject) => {
             ws.once('open', () => resolve(client));

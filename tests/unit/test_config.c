@@ -180,6 +180,7 @@ static void defaults__no_sources__match_spec(void **state)
     assert_int_equal(f->cfg.ws_stall_ms, 10000);
     assert_int_equal(f->cfg.shutdown_grace_ms, 5000);
     assert_int_equal(f->cfg.log_level, SRV_LOG_INFO);
+    assert_null(f->cfg.tokens_file);
     assert_string_equal(f->cfg.pubsub.provider, "memory");
     assert_null(f->cfg.pubsub.url);
     assert_string_equal(f->cfg.pubsub.channel_prefix, "kvbus:");
@@ -468,6 +469,19 @@ static void file__log_levels__map_to_srv_log(void **state)
                   load(f, ARGV("--server.log_level", (char *)names[i]), NULL));
         assert_int_equal(f->cfg.log_level, levels[i]);
     }
+}
+
+static void tokens_file__from_file_env_or_flag__kept_as_given(void **state)
+{
+    static char *env[] = {"KVBUS_SERVER_TOKENS_FILE=/etc/env-tokens", NULL};
+    fixture *f = *state;
+
+    expect_ok(f, load_text(f, "[server]\ntokens_file = /etc/kvbus/tokens\n"));
+    assert_string_equal(f->cfg.tokens_file, "/etc/kvbus/tokens");
+    expect_ok(f, load(f, NULL, env));
+    assert_string_equal(f->cfg.tokens_file, "/etc/env-tokens");
+    expect_ok(f, load(f, ARGV("--server.tokens_file="), env));
+    assert_string_equal(f->cfg.tokens_file, "");
 }
 
 /* ------------------------------------------------------------------ */
@@ -1038,6 +1052,7 @@ int main(void)
         T(file__listen_forms__parsed),
         T(file__booleans__every_spelling_read),
         T(file__log_levels__map_to_srv_log),
+        T(tokens_file__from_file_env_or_flag__kept_as_given),
         T(env__overrides_file),
         T(flags__override_env_and_file),
         T(flags__equals_and_space_spellings__both_work),
