@@ -13,7 +13,7 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq rdkafka
+PKGS      = libuv jansson inih libxxhash libssl libcrypto hiredis libpq rdkafka
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -43,7 +43,7 @@ PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
 PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
 SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
-           server/srv_metrics.c server/srv_ws.c
+           server/srv_metrics.c server/srv_ws.c server/srv_tls.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 
