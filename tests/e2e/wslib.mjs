@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import WebSocket from 'ws';
 
@@ -106,9 +107,12 @@ export class WsClient {
         ws.on('error', () => {}); // surfaced through 'close'
     }
 
-    /* Opens a connection to url; rejects on an HTTP answer other than 101. */
-    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS } = {}) {
-        const ws = new WebSocket(url, { perMessageDeflate: false });
+    /*
+     * Opens a connection to url; rejects on an HTTP answer other than 101.
+     * ca: the PEM certificate(s) to trust for a wss:// url.
+     */
+    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS, ca } = {}) {
+        const ws = new WebSocket(url, { perMessageDeflate: false, ca });
         const client = new WsClient(ws);
         const opened = new Promise((resolve, reject) => {
             ws.once('open', () => resolve(client));
@@ -352,17 +356,19 @@ export function freePort() {
 }
 
 /*
- * One HTTP request to base (a URL string) over agent. Resolves to
+ * One HTTP request to base (a URL string, http: or https:) over agent.
+ * ca: the PEM certificate(s) to trust for https. Resolves to
  * {status, headers, body: Buffer}.
  */
-export function httpRequest(base, method, path, { body, agent, headers = {} } = {}) {
+export function httpRequest(base, method, path, { body, agent, headers = {}, ca } = {}) {
     const u = new URL(base);
+    const client = u.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
         const hdrs = { ...headers };
         if (body !== undefined) hdrs['content-length'] = Buffer.byteLength(body);
-        const req = http.request({
+        const req = client.request({
             host: u.hostname, port: Number(u.port), method, path,
-            headers: hdrs, agent,
+            headers: hdrs, agent, ca,
         }, (res) => {
             const chunks = [];
             res.on('data', (c) => chunks.push(c));
@@ -382,11 +388,13 @@ export function httpRequest(base, method, path, { body, agent, headers = {} } = 
  * Starts binary with flags (plus --server.listen on a free port) and
  * resolves once /healthz answers 200 with {pid, port, url, proc, exited,
  * stop()}. KVBUS_* variables are removed from its environment so that only
- * the flags configure it; extraEnv is added. stop() sends SIGTERM and
+ * the flags configure it; extraEnv is added. With ca (PEM text) the server
+ * is expected to speak TLS (flags give it tls_cert and tls_key): url is
+ * https and /healthz is checked trusting ca. stop() sends SIGTERM and
  * resolves with {code, signal} at exit.
  */
 export async function startKvbusd(binary, flags, { extraEnv = {},
-    timeoutMs = 10000 } = {}) {
+    timeoutMs = 10000, ca } = {}) {
     const port = await freePort();
     const env = {};
     for (const [k, v] of Object.entries(process.env)) {
@@ -401,7 +409,7 @@ export async function startKvbusd(binary, flags, { extraEnv = {},
     const exited = new Promise((resolve) => {
         proc.on('exit', (code, signal) => resolve({ code, signal }));
     });
-    const url = `http://127.0.0.1:${port}`;
+    const url = `${ca ? 'https' : 'http'}://127.0.0.1:${port}`;
     let gone = null;
     exited.then((e) => { gone = e; });
     try {
@@ -410,7 +418,7 @@ export async function startKvbusd(binary, flags, { extraEnv = {},
                 throw new Error(`kvbusd exited (${JSON.stringify(gone)}) before serving: ${stderr}`);
             }
             try {
-                const r = await httpRequest(url, 'GET', '/healthz');
+                const r = await httpRequest(url, 'GET', '/healthz', { ca });
                 return r.status === 200;
             } catch {
                 return false;
