@@ -20,9 +20,11 @@
  * (body_timeout_ms between them), busy in a handler (no deadline), idle
  * between keep-alive requests (idle_timeout_ms), or finishing (its last
  * answer must leave within header_timeout_ms). Connections waiting for
- * headers or body are also in a FIFO, oldest first: when max_connections is
- * reached, a new connection closes the head of it instead of being refused,
- * so slow or stalled clients cannot lock well-behaved ones out.
+ * headers or body, and those closing, are also in FIFOs, oldest first: when
+ * max_connections is reached, a new connection closes the oldest closing
+ * one, else the one waiting longest for its request (see evict_one()),
+ * instead of being refused, so slow or stalled clients cannot lock
+ * well-behaved ones out.
  *
  * With TLS, ciphertext read from the socket goes through srv_tls_read() and
  * the plaintext takes the same path as a plain connection's bytes; output
@@ -52,11 +54,18 @@
 #define SRV_LINGER_MS 1000      /* reading what follows a last answer */
 #define SRV_HOUSEKEEPING_MS 250 /* linger and phase deadline checks */
 #define SRV_TLS_REASON_BYTES 160
+#define SRV_EVICT_MIN_AGE_MS 100 /* a silent connection younger is kept */
+#define SRV_EVICT_SCAN_MAX 64    /* slow connections looked at per eviction */
 
 typedef struct srv_buf {
     char *data;
     size_t len, cap;
 } srv_buf;
+
+/* Connections in one phase group, oldest first (links in srv_conn). */
+typedef struct srv_fifo {
+    srv_conn *head, *tail;
+} srv_fifo;
 
 /* What a connection is doing, for its deadline (see the file comment). */
 enum srv_phase {
@@ -76,9 +85,10 @@ struct srv_server {
     const srv_route *routes;
     size_t nroutes;
     void *app;
-    srv_conn *conns; /* doubly linked list of open connections */
-    srv_conn *slow_head, *slow_tail; /* in headers/body phase, oldest first */
-    srv_tls_ctx *tls;                /* borrowed; NULL = plain HTTP */
+    srv_conn *conns;   /* doubly linked list of open connections */
+    srv_fifo slow;     /* connections in the headers or body phase */
+    srv_fifo finished; /* connections in the closing phase */
+    srv_tls_ctx *tls;  /* borrowed; NULL = plain HTTP */
     srv_http_stats stats;
     bool draining;
     bool housekeeping; /* housekeeping_timer initialised */
@@ -116,7 +126,9 @@ struct srv_conn {
     enum srv_phase phase;
     uint64_t deadline;               /* loop ms; 0 = none */
     bool got_bytes;                  /* the current request has begun */
-    srv_conn *slow_prev, *slow_next; /* the server's slow FIFO */
+    bool read_any;                   /* the client has sent something */
+    uint64_t fifo_since;             /* loop ms it entered its FIFO */
+    srv_conn *fifo_prev, *fifo_next; /* in srv->slow or srv->finished */
 
     /* the request being parsed */
     srv_buf target;
@@ -684,41 +696,66 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
 /* ------------------------------------------------------------------ */
 /* Phases and deadlines                                                 */
 
-static bool phase_is_slow(enum srv_phase ph)
+/* The FIFO of the server holding connections in phase ph, or NULL. */
+static srv_fifo *phase_fifo(srv_server *s, enum srv_phase ph)
 {
-    return ph == SRV_PH_HEADERS || ph == SRV_PH_BODY;
+    switch (ph) {
+    case SRV_PH_HEADERS:
+    case SRV_PH_BODY:
+        return &s->slow;
+    case SRV_PH_CLOSING:
+        return &s->finished;
+    case SRV_PH_NONE:
+    case SRV_PH_BUSY:
+    case SRV_PH_IDLE:
+        break;
+    }
+    return NULL;
+}
+
+static void fifo_remove(srv_fifo *q, srv_conn *c)
+{
+    if (c->fifo_prev)
+        c->fifo_prev->fifo_next = c->fifo_next;
+    else
+        q->head = c->fifo_next;
+    if (c->fifo_next)
+        c->fifo_next->fifo_prev = c->fifo_prev;
+    else
+        q->tail = c->fifo_prev;
+    c->fifo_prev = c->fifo_next = NULL;
+}
+
+static void fifo_push(srv_fifo *q, srv_conn *c)
+{
+    c->fifo_prev = q->tail;
+    c->fifo_next = NULL;
+    if (q->tail)
+        q->tail->fifo_next = c;
+    else
+        q->head = c;
+    q->tail = c;
 }
 
 /*
- * Moves c to phase ph and sets its deadline from now. Entering the
- * headers or body phase from another puts c at the tail of the server's
- * slow FIFO; leaving them takes it out.
+ * Moves c to phase ph and sets its deadline from now. Changing phase
+ * group moves c from one eviction FIFO (srv->slow: headers and body;
+ * srv->finished: closing) to the tail of the other, or out of both.
  */
 static void conn_set_phase(srv_conn *c, enum srv_phase ph)
 {
     srv_server *s = c->srv;
     const srv_limits *l = &s->limits;
     uint64_t now = uv_now(s->loop);
-    bool was_slow = phase_is_slow(c->phase), slow = phase_is_slow(ph);
+    srv_fifo *from = phase_fifo(s, c->phase), *to = phase_fifo(s, ph);
 
-    if (was_slow && !slow) {
-        if (c->slow_prev)
-            c->slow_prev->slow_next = c->slow_next;
-        else
-            s->slow_head = c->slow_next;
-        if (c->slow_next)
-            c->slow_next->slow_prev = c->slow_prev;
-        else
-            s->slow_tail = c->slow_prev;
-        c->slow_prev = c->slow_next = NULL;
-    } else if (!was_slow && slow) {
-        c->slow_prev = s->slow_tail;
-        c->slow_next = NULL;
-        if (s->slow_tail)
-            s->slow_tail->slow_next = c;
-        else
-            s->slow_head = c;
-        s->slow_tail = c;
+    if (from != to) {
+        if (from)
+            fifo_remove(from, c);
+        if (to) {
+            fifo_push(to, c);
+            c->fifo_since = now;
+        }
     }
     c->phase = ph;
     switch (ph) {
@@ -821,7 +858,6 @@ static void conn_finish(srv_conn *c)
         if (conn_write(c) != 0)
             return;
     }
-    conn_set_phase(c, SRV_PH_NONE);
     c->lingering = true;
     c->linger_deadline = uv_now(c->srv->loop) + SRV_LINGER_MS;
     c->shutdown_req.data = c;
@@ -1011,6 +1047,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0 || c->close_after_write || c->lingering)
         return; /* nothing more will be answered on this connection */
+    c->read_any = true;
     if (c->tls) {
         conn_tls_read(c, (size_t)n);
         return;
@@ -1024,19 +1061,32 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
 }
 
 /*
- * Makes room for one connection by closing the one that has waited longest
- * for its request's headers or body. Returns false when none is waiting
- * (every connection is busy, idle between requests or upgraded).
+ * Makes room for one connection by closing another: the oldest of those
+ * already answered and closing (lingering), else the one that has waited
+ * longest for its request's headers or body among the first
+ * SRV_EVICT_SCAN_MAX of them, skipping connections that have sent nothing
+ * yet and are younger than SRV_EVICT_MIN_AGE_MS (accepted in the same
+ * burst, their first bytes may simply not have been read yet). Returns
+ * false when there is none to close.
  */
-static bool evict_slowest(srv_server *s)
+static bool evict_one(srv_server *s)
 {
-    srv_conn *victim = s->slow_head;
+    srv_conn *victim = s->finished.head;
+    uint64_t now = uv_now(s->loop);
+    int scanned = 0;
 
-    if (!victim)
-        return false;
+    if (!victim) {
+        for (victim = s->slow.head; victim && scanned < SRV_EVICT_SCAN_MAX;
+             victim = victim->fifo_next, scanned++)
+            if (victim->read_any ||
+                now - victim->fifo_since >= SRV_EVICT_MIN_AGE_MS)
+                break;
+        if (!victim || scanned == SRV_EVICT_SCAN_MAX)
+            return false;
+        srv_debug("http: max_connections reached; closing the connection "
+                  "that has waited longest for its request");
+    }
     s->stats.evicted++;
-    srv_debug("http: max_connections reached; closing the connection that "
-              "has waited longest for its request");
     if (victim->tls)
         tls_handshake_failed(victim, "closed to make room");
     conn_close(victim);
@@ -1072,7 +1122,7 @@ static void on_connection(uv_stream_t *listener, int status)
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     if (s->stats.connections_open > s->limits.max_connections &&
-        !evict_slowest(s)) {
+        !evict_one(s)) {
         if (s->tls) { /* no session to say it in */
             conn_close(c);
             return;
