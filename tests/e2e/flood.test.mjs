@@ -243,8 +243,10 @@ async function goodClient(srv, stop) {
 
 /* ------------------------------------------------------------------ */
 
+/* /metrics on a new connection (an idle pooled one may have been closed
+ * by the server's idle_timeout_ms just before being reused). */
 async function metricsOf(srv) {
-    const r = await httpRequest(srv.url, 'GET', '/metrics');
+    const r = await httpRequest(srv.url, 'GET', '/metrics', { agent: false });
     assert.equal(r.status, 200);
     return r.body.toString();
 }
