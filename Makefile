@@ -101,11 +101,16 @@ run: deps all
 test-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
-# The conformance suite runs once per backend, each against its own server.
+# The conformance suite runs once per backend, each against its own server,
+# then once more over TLS (https, wss) for E2E_TLS_BACKENDS.
 E2E_BACKENDS ?= memory redis postgres
+E2E_TLS_BACKENDS ?= memory
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \
 	    tests/e2e/run
+	$(if $(strip $(E2E_TLS_BACKENDS)),@KVBUSD=$(abspath $(KVBUSD)) \
+	    KVBUS_TEST_BACKENDS="$(E2E_TLS_BACKENDS)" KVBUS_TEST_TLS=1 \
+	    tests/e2e/run)
 
 test: deps format-check
 	$(MAKE) MODE=release BUILD=build test-unit test-e2e

@@ -16,7 +16,7 @@ import https from 'node:https';
 import net from 'node:net';
 import WebSocket from 'ws';
 
-import { BASE } from './lib.mjs';
+import { BASE, TLS_CA } from './lib.mjs';
 
 export const WS_URL = BASE.replace(/^http/, 'ws') + '/v1/ws';
 
@@ -109,9 +109,10 @@ export class WsClient {
 
     /*
      * Opens a connection to url; rejects on an HTTP answer other than 101.
-     * ca: the PEM certificate(s) to trust for a wss:// url.
+     * ca: the PEM certificate(s) to trust for a wss:// url (default: the
+     * suite's, KVBUS_TEST_CA).
      */
-    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS, ca } = {}) {
+    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS, ca = TLS_CA } = {}) {
         const ws = new WebSocket(url, { perMessageDeflate: false, ca });
         const client = new WsClient(ws);
         const opened = new Promise((resolve, reject) => {
