@@ -51,9 +51,9 @@
 #define SRV_HDR_NAME_MAX 32        /* longer names are none we want */
 #define SRV_LISTEN_BACKLOG 511
 #define SRV_RETRY_AFTER_S 1
-#define SRV_LINGER_MS 1000      /* reading what follows a last answer */
-#define SRV_HOUSEKEEPING_MS 250 /* linger and phase deadline checks */
-#define SRV_TLS_REASON_BYTES 160
+#define SRV_LINGER_MS 1000       /* reading what follows a last answer */
+#define SRV_HOUSEKEEPING_MS 250  /* linger and phase deadline checks */
+#define SRV_TLS_REASON_BYTES 160 /* OpenSSL reason for a debug line */
 #define SRV_EVICT_MIN_AGE_MS 100 /* a silent connection younger is kept */
 #define SRV_EVICT_SCAN_MAX 64    /* slow connections looked at per eviction */
 
