@@ -127,6 +127,7 @@ struct srv_conn {
     uint64_t deadline;               /* loop ms; 0 = none */
     bool got_bytes;                  /* the current request has begun */
     bool read_any;                   /* the client has sent something */
+    size_t watched_queue;            /* write_queue_size at the last check */
     uint64_t fifo_since;             /* loop ms it entered its FIFO */
     srv_conn *fifo_prev, *fifo_next; /* in srv->slow or srv->finished */
 
@@ -881,6 +882,8 @@ static void on_write(uv_write_t *req, int status)
     free(w->data);
     free(w);
     c->writes_in_flight--;
+    if (status == 0 && (c->phase == SRV_PH_IDLE || c->phase == SRV_PH_CLOSING))
+        conn_set_phase(c, c->phase); /* its deadline runs from now */
     if (status < 0 && status != UV_ECANCELED)
         conn_close(c);
     else if (!c->writes_in_flight && c->close_after_write && !c->waiting)
@@ -1312,6 +1315,24 @@ static void conn_timed_out(srv_conn *c)
     conn_flush(c);
 }
 
+/*
+ * True when an answer of an idle or closing connection is still being
+ * written and the client has taken some of it since the last check: a
+ * slow reader of a large answer is not idle, a stalled one is.
+ */
+static bool write_progressed(srv_conn *c)
+{
+    size_t queued = c->tcp.write_queue_size;
+
+    if (!c->writes_in_flight ||
+        (c->phase != SRV_PH_IDLE && c->phase != SRV_PH_CLOSING))
+        return false;
+    if (queued == c->watched_queue)
+        return false;
+    c->watched_queue = queued;
+    return true;
+}
+
 /* Applies the deadlines: lingering, phase (see the file comment). */
 static void on_housekeeping(uv_timer_t *t)
 {
@@ -1328,6 +1349,10 @@ static void on_housekeeping(uv_timer_t *t)
                 conn_close(c);
             continue;
         }
+        if (write_progressed(c)) {
+            conn_set_phase(c, c->phase); /* a new deadline from now */
+            continue;
+        }
         if (!c->deadline || now < c->deadline)
             continue;
         switch (c->phase) {
@@ -1336,8 +1361,11 @@ static void on_housekeeping(uv_timer_t *t)
             conn_timed_out(c);
             break;
         case SRV_PH_IDLE:
+            /* quietly, but after what the kernel still holds for it */
             s->stats.idle_closed++;
-            conn_close(c);
+            c->close_after_write = true;
+            conn_set_phase(c, SRV_PH_CLOSING);
+            conn_flush(c);
             break;
         case SRV_PH_CLOSING:
             conn_close(c);

@@ -466,6 +466,51 @@ describe('limit keys', () => {
         });
     });
 
+    test('idle_timeout_ms: a slow reader of a large answer is served; a stalled one is closed', async () => {
+        const big = 8 * 1024 * 1024;
+        await withServer(['--server.idle_timeout_ms=500', `--server.max_value_bytes=${big}`],
+            async (srv) => {
+                const value = Buffer.alloc(big, 0x62);
+                const put = await httpRequest(srv.url, 'PUT', '/v1/kv/default/big',
+                    { body: value, agent: false });
+                assert.ok(put.status === 204 || put.status === 200, String(put.status));
+                const request = 'GET /v1/kv/default/big HTTP/1.1\r\nHost: x\r\n\r\n';
+                // Slow: a pause after every chunk, several idle_timeout_ms in all.
+                const slow = await withTimeout(new Promise((resolve, reject) => {
+                    const parts = [];
+                    let got = 0;
+                    const sock = net.connect({ host: '127.0.0.1', port: srv.port });
+                    sock.on('connect', () => sock.write(request));
+                    sock.on('data', (c) => {
+                        parts.push(c);
+                        got += c.length;
+                        const res = parseResponses(Buffer.concat(parts));
+                        if (res.length === 1) {
+                            sock.destroy();
+                            resolve(res[0]);
+                            return;
+                        }
+                        sock.pause();
+                        setTimeout(() => sock.resume(), 10);
+                    });
+                    sock.on('error', reject);
+                    sock.on('close', () => reject(new Error(`closed after ${got} bytes`)));
+                }), 60000, 'the slow read of 8 MiB');
+                assert.equal(slow.status, 200);
+                assert.equal(slow.body.length, big);
+                // Stalled: never reads its answer.
+                const before = metricValue(await metricsOf(srv), 'kvbus_http_idle_closed_total');
+                const stalled = net.connect({ host: '127.0.0.1', port: srv.port });
+                stalled.on('error', () => {});
+                stalled.pause();
+                stalled.write(request);
+                await waitFor(async () => metricValue(await metricsOf(srv),
+                    'kvbus_http_idle_closed_total') > before,
+                { timeoutMs: LIVENESS_MS, what: 'the stalled reader to be closed' });
+                stalled.destroy();
+            });
+    });
+
     test('max_connections: a new client evicts the longest-waiting slow one', async () => {
         await withServer(['--server.max_connections=4'], async (srv) => {
             const socks = [];
