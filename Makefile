@@ -51,7 +51,8 @@ KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
-             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka
+             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
+             $(BUILD)/tests/test_tls
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -86,6 +87,7 @@ $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstor
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)
 $(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
+$(BUILD)/tests/test_tls: $(call obj,tests/unit/test_tls.c server/srv_tls.c)
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
