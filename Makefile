@@ -13,7 +13,7 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq rdkafka
+PKGS      = libuv jansson inih libxxhash libssl libcrypto hiredis libpq rdkafka
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -44,7 +44,8 @@ PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c \
               server/srv_auth.c
 SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
-           server/srv_metrics.c server/srv_ws.c server/srv_guard.c
+           server/srv_metrics.c server/srv_ws.c server/srv_guard.c \
+           server/srv_tls.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 
@@ -53,7 +54,7 @@ UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
              $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
-             $(BUILD)/tests/test_auth
+             $(BUILD)/tests/test_auth $(BUILD)/tests/test_tls
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -89,6 +90,7 @@ $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstor
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)
 $(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
+$(BUILD)/tests/test_tls: $(call obj,tests/unit/test_tls.c server/srv_tls.c)
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
@@ -104,11 +106,16 @@ run: deps all
 test-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
-# The conformance suite runs once per backend, each against its own server.
+# The conformance suite runs once per backend, each against its own server,
+# then once more over TLS (https, wss) for E2E_TLS_BACKENDS.
 E2E_BACKENDS ?= memory redis postgres
+E2E_TLS_BACKENDS ?= memory
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \
 	    tests/e2e/run
+	$(if $(strip $(E2E_TLS_BACKENDS)),@KVBUSD=$(abspath $(KVBUSD)) \
+	    KVBUS_TEST_BACKENDS="$(E2E_TLS_BACKENDS)" KVBUS_TEST_TLS=1 \
+	    tests/e2e/run)
 
 test: deps format-check
 	$(MAKE) MODE=release BUILD=build test-unit test-e2e

@@ -114,6 +114,10 @@ kv_registry *kv_registry_new(uv_loop_t *loop,
         reg->limits.max_value_bytes = KV_MAX_VALUE_BYTES_DEFAULT;
     if (!reg->limits.max_stores)
         reg->limits.max_stores = KV_MAX_STORES_DEFAULT;
+    if (!reg->limits.max_mget_keys)
+        reg->limits.max_mget_keys = KV_KEYS_LIMIT_MAX;
+    if (!reg->limits.max_page_keys)
+        reg->limits.max_page_keys = KV_KEYS_LIMIT_MAX;
     return reg;
 }
 
@@ -374,17 +378,19 @@ static int validate(const kv_registry *reg, const kv_req *req, kv_err *err)
 
     switch (req->op) {
     case KV_OP_MGET:
-        if (req->nkeys > KV_KEYS_LIMIT_MAX)
-            return kv_err_set(err, KV_ELIMIT, "mget takes at most %d keys",
-                              KV_KEYS_LIMIT_MAX);
+        if (req->nkeys > lim->max_mget_keys)
+            return kv_err_set(err, KV_ELIMIT,
+                              "mget takes at most %zu keys (max_mget_keys)",
+                              lim->max_mget_keys);
         for (i = 0; i < req->nkeys; i++)
             if ((rc = kv_check_key(req->keys[i], lim->max_key_bytes, err)))
                 return rc;
         return 0;
     case KV_OP_KEYS:
-        if (req->limit > KV_KEYS_LIMIT_MAX)
-            return kv_err_set(err, KV_EINVAL, "limit must be 1 to %d",
-                              KV_KEYS_LIMIT_MAX);
+        if (req->limit > lim->max_page_keys)
+            return kv_err_set(err, KV_EINVAL,
+                              "limit must be 1 to %zu (max_page_keys)",
+                              lim->max_page_keys);
         if (req->prefix.len > 0 &&
             kv_check_key(req->prefix, lim->max_key_bytes, &why) != 0)
             return kv_err_set(err, KV_EINVAL, "bad prefix: %s", why.msg);

@@ -183,6 +183,8 @@ typedef struct kv_limits {
     size_t max_key_bytes;   /* default 1024 */
     size_t max_value_bytes; /* default 1 MiB */
     size_t max_stores;      /* stores created on first use count too */
+    size_t max_mget_keys;   /* keys of one mget; default KV_KEYS_LIMIT_MAX */
+    size_t max_page_keys;   /* largest keys page; default KV_KEYS_LIMIT_MAX */
 } kv_limits;
 
 #define KV_MAX_KEY_BYTES_DEFAULT 1024

@@ -5,7 +5,8 @@
  * the backends, exit 0).
  *
  * Exit codes: 0 after a clean shutdown, 1 when the service cannot start
- * (port taken, backend refused), 2 for a bad configuration.
+ * (port taken, backend refused), 2 for a bad configuration (including a
+ * TLS certificate or key that does not load or match).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -215,6 +216,7 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     srv_limits limits;
     srv_ws_limits ws_limits;
+    srv_tls_ctx *tls = NULL;
     int rc, status = 1;
 
     rc = srv_config_load(&cfg, argc, argv, environ, err, sizeof err);
@@ -223,6 +225,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "kvbusd: %s\n", err);
         srv_config_free(&cfg);
         return rc == SRV_CONFIG_EXIT ? 0 : 2;
+    }
+    if (cfg.tls_cert) {
+        tls = srv_tls_ctx_new(cfg.tls_cert, cfg.tls_key, cfg.tls_min_version,
+                              err, sizeof err);
+        if (!tls) {
+            fprintf(stderr, "kvbusd: %s\n", err);
+            srv_config_free(&cfg);
+            return 2;
+        }
     }
     srv_log_set_level(cfg.log_level);
     if (load_tokens(&d.app, &cfg, err, sizeof err) != 0) {
@@ -242,6 +253,9 @@ int main(int argc, char **argv)
         .max_header_bytes = cfg.max_header_bytes,
         .max_body_bytes = cfg.limits.max_value_bytes,
         .max_connections = cfg.max_connections,
+        .header_timeout_ms = cfg.header_timeout_ms,
+        .body_timeout_ms = cfg.body_timeout_ms,
+        .idle_timeout_ms = cfg.idle_timeout_ms,
     };
     d.app.http =
         srv_server_new(&loop, &limits, srv_routes, srv_nroutes, &d.app);
@@ -256,8 +270,10 @@ int main(int argc, char **argv)
         .queue_bytes = cfg.ws_queue_bytes,
         .stall_ms = cfg.ws_stall_ms,
         .max_frame_bytes =
-            cfg.limits.max_value_bytes / 3 * 4 + WS_FRAME_OVERHEAD_BYTES,
-        .max_patterns = PS_SUBS_PER_SUB_DEFAULT,
+            cfg.max_ws_frame_bytes
+                ? cfg.max_ws_frame_bytes
+                : cfg.limits.max_value_bytes / 3 * 4 + WS_FRAME_OVERHEAD_BYTES,
+        .max_patterns = cfg.max_subscriptions_per_conn,
         .max_payload_bytes = cfg.limits.max_value_bytes,
     };
     d.app.ws = srv_ws_hub_new(&loop, d.app.bus, &ws_limits);
@@ -269,6 +285,8 @@ int main(int argc, char **argv)
     kv_registry_on_change(d.app.reg, on_store_change, &d.app);
     if (open_stores(d.app.reg, &cfg) != 0)
         goto out;
+    if (tls)
+        srv_server_set_tls(d.app.http, tls);
     if (srv_server_listen(d.app.http, cfg.listen_host, cfg.listen_port, err,
                           sizeof err) != 0) {
         srv_error("%s", err);
@@ -287,8 +305,9 @@ int main(int argc, char **argv)
         srv_warn("auth: no tokens_file: anyone who reaches %s:%u can read "
                  "and change every store (docs/security.md)",
                  cfg.listen_host, cfg.listen_port);
-    srv_info("kvbusd %s node %s listening on http://%s:%u/", SRV_VERSION,
-             cfg.node_id, cfg.listen_host, cfg.listen_port);
+    srv_info("kvbusd %s node %s listening on %s://%s:%u/", SRV_VERSION,
+             cfg.node_id, tls ? "https" : "http", cfg.listen_host,
+             cfg.listen_port);
 
     uv_run(&loop, UV_RUN_DEFAULT);
     status = 0;
@@ -303,6 +322,7 @@ out:
     if (uv_loop_close(&loop) != 0)
         srv_warn("shutdown: handles still open at exit");
     srv_auth_free(d.app.auth);
+    srv_tls_ctx_free(tls); /* every connection, and its session, is gone */
     srv_config_free(&cfg);
     if (status == 0)
         srv_info("shutdown: done");

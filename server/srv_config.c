@@ -103,6 +103,7 @@ static const char *const srv_backends[] = {"memory", "redis", "postgres",
                                            "mongodb", NULL};
 static const char *const srv_providers[] = {"memory", "redis", "kafka", NULL};
 static const char *const srv_formats[] = {"kvbus", "nuxeo", NULL};
+static const char *const srv_tls_versions[] = {"1.2", "1.3", NULL};
 /* Index = SRV_LOG_* value. */
 static const char *const srv_levels[] = {"error", "warn", "info", "debug",
                                          NULL};
@@ -195,6 +196,41 @@ static const srv_key srv_keys[] = {
                    NULL, "none (no authentication)", "PATH",
                    "API tokens file (docs/security.md); when set, every "
                    "route but /healthz and the dashboard needs a token"),
+    SRV_KEY_SIZE(SRV_SEC_SERVER, "max_mget_keys", SRV_CFG(limits.max_mget_keys),
+                 1, 1000000, KV_KEYS_LIMIT_MAX, "N",
+                 "most keys in one mget; more gets 400"),
+    SRV_KEY_SIZE(SRV_SEC_SERVER, "max_page_keys", SRV_CFG(limits.max_page_keys),
+                 1, 1000000, KV_KEYS_LIMIT_MAX, "N",
+                 "largest keys page (limit=); larger gets 400"),
+    SRV_KEY_SIZE(SRV_SEC_SERVER, "max_ws_frame_bytes",
+                 SRV_CFG(max_ws_frame_bytes), 0, SRV_GIB, 0, "BYTES",
+                 "largest WebSocket frame read (error frame past it, close "
+                 "1009 past 4 times it); 0 = max_value_bytes * 4 / 3 + 4096"),
+    SRV_KEY_SIZE(SRV_SEC_SERVER, "max_subscriptions_per_conn",
+                 SRV_CFG(max_subscriptions_per_conn), 1, 1000000, 256, "N",
+                 "most topics one WebSocket may subscribe to"),
+    SRV_KEY_MS(SRV_SEC_SERVER, "header_timeout_ms", SRV_CFG(header_timeout_ms),
+               100, 3600000, 10000,
+               "request line and headers must arrive within this from the "
+               "connection or the request's first byte (TLS handshake "
+               "included); 408 and close"),
+    SRV_KEY_MS(SRV_SEC_SERVER, "body_timeout_ms", SRV_CFG(body_timeout_ms), 100,
+               3600000, 30000,
+               "longest wait between two reads of a request body; 408 and "
+               "close"),
+    SRV_KEY_MS(SRV_SEC_SERVER, "idle_timeout_ms", SRV_CFG(idle_timeout_ms), 100,
+               86400000, 60000,
+               "a keep-alive connection with no request in progress is "
+               "closed after this"),
+    SRV_KEY_STRING(SRV_SEC_SERVER, "tls_cert", SRV_CFG(tls_cert), true, NULL,
+                   "none", "PATH",
+                   "PEM certificate chain; with tls_key the listener speaks "
+                   "TLS only"),
+    SRV_KEY_STRING(SRV_SEC_SERVER, "tls_key", SRV_CFG(tls_key), true, NULL,
+                   "none", "PATH", "PEM private key of tls_cert"),
+    SRV_KEY_CHOICE(SRV_SEC_SERVER, "tls_min_version", SRV_CFG(tls_min_version),
+                   SRV_FIELD_SIZE(srv_config, tls_min_version),
+                   srv_tls_versions, "1.2", "oldest TLS version accepted"),
     {.section = SRV_SEC_SERVER,
      .name = "log_level",
      .set = set_choice_index,
@@ -1156,6 +1192,41 @@ static bool needs_url(const char *backend_or_provider)
     return strcmp(backend_or_provider, "memory") != 0;
 }
 
+/*
+ * tls_cert and tls_key: both or neither, each a readable file. Whether they
+ * are PEM and match each other is checked by srv_tls_ctx_new() at start-up.
+ */
+static int check_tls(srv_loader *ld)
+{
+    const srv_config *cfg = ld->cfg;
+    const char *names[2] = {"tls_cert", "tls_key"};
+    const char *paths[2] = {cfg->tls_cert, cfg->tls_key};
+    const srv_key *k;
+    FILE *f;
+    int i;
+
+    for (i = 0; i < 2; i++) {
+        k = find_key(SRV_SEC_SERVER, names[i], strlen(names[i]));
+        if (!paths[i] && !paths[1 - i])
+            return 0;
+        if (!paths[i]) {
+            k = find_key(SRV_SEC_SERVER, names[1 - i], strlen(names[1 - i]));
+            memcpy(ld->where, ld->key_where[k - srv_keys], sizeof ld->where);
+            return fail(ld,
+                        "[server] %s: missing; %s needs it (set both or "
+                        "neither)",
+                        names[i], names[1 - i]);
+        }
+        memcpy(ld->where, ld->key_where[k - srv_keys], sizeof ld->where);
+        f = fopen(paths[i], "r");
+        if (!f)
+            return fail(ld, "[server] %s: cannot read %s: %s", names[i],
+                        paths[i], strerror(errno));
+        fclose(f);
+    }
+    return 0;
+}
+
 /* The checks that need every source applied. */
 static int check_final(srv_loader *ld)
 {
@@ -1177,6 +1248,8 @@ static int check_final(srv_loader *ld)
         return fail(ld, "[pubsub] url: missing; provider %s needs one",
                     cfg->pubsub.provider);
     }
+    if (check_tls(ld) != 0)
+        return -1;
     if (cfg->nstores > cfg->limits.max_stores) {
         k = find_key(SRV_SEC_SERVER, "max_stores", 10);
         memcpy(ld->where, ld->key_where[k - srv_keys], sizeof ld->where);
@@ -1263,6 +1336,8 @@ void srv_config_free(srv_config *cfg)
     free(cfg->pubsub.url);
     free(cfg->pubsub.channel_prefix);
     free(cfg->pubsub.kafka_topic);
+    free(cfg->tls_cert);
+    free(cfg->tls_key);
     memset(cfg, 0, sizeof *cfg);
 }
 

@@ -46,9 +46,17 @@ typedef struct srv_config {
     size_t ws_queue_bytes;             /* per WebSocket outbound queue */
     uint32_t ws_stall_ms;              /* full queue this long = close 1008 */
     uint32_t shutdown_grace_ms;        /* drain time on SIGTERM */
-    int log_level;                     /* 0 error, 1 warn, 2 info, 3 debug */
-    char *tokens_file;                 /* owned; NULL or "" = no auth */
-    kv_store_conf *stores;             /* owned array */
+    size_t max_ws_frame_bytes;         /* 0 = from max_value_bytes */
+    size_t max_subscriptions_per_conn; /* topics of one WebSocket */
+    uint32_t header_timeout_ms;        /* open/first byte to end of headers */
+    uint32_t body_timeout_ms;          /* longest gap between body bytes */
+    uint32_t idle_timeout_ms;          /* keep-alive with no request */
+    char *tls_cert;          /* owned; PEM chain path; NULL = no TLS */
+    char *tls_key;           /* owned; PEM private key path */
+    char tls_min_version[8]; /* "1.2" | "1.3" */
+    int log_level;           /* 0 error, 1 warn, 2 info, 3 debug */
+    char *tokens_file;       /* owned; NULL or "" = no auth */
+    kv_store_conf *stores;   /* owned array */
     size_t nstores;
     srv_pubsub_conf pubsub;
 } srv_config;

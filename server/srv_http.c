@@ -14,6 +14,23 @@
  * A connection is freed only when its socket is closed and no handler
  * answer is pending, so a late backend callback never touches freed memory.
  *
+ * Each connection is in one phase with its own deadline, checked by the
+ * housekeeping timer: waiting for headers (header_timeout_ms from the
+ * connection or the request's first byte), for body bytes
+ * (body_timeout_ms between them), busy in a handler (no deadline), idle
+ * between keep-alive requests (idle_timeout_ms), or finishing (its last
+ * answer must leave within header_timeout_ms). Connections waiting for
+ * headers or body, and those closing, are also in FIFOs, oldest first: when
+ * max_connections is reached, a new connection closes the oldest closing
+ * one, else the one waiting longest for its request (see evict_one()),
+ * instead of being refused, so slow or stalled clients cannot lock
+ * well-behaved ones out.
+ *
+ * With TLS, ciphertext read from the socket goes through srv_tls_read() and
+ * the plaintext takes the same path as a plain connection's bytes; output
+ * is encrypted in conn_flush() as one batch and the ciphertext written with
+ * one write, as plain output is.
+ *
  * Runs on: the event loop thread.
  */
 #include <ctype.h>
@@ -34,13 +51,31 @@
 #define SRV_HDR_NAME_MAX 32        /* longer names are none we want */
 #define SRV_LISTEN_BACKLOG 511
 #define SRV_RETRY_AFTER_S 1
-#define SRV_LINGER_MS 1000      /* reading what follows a last answer */
-#define SRV_HOUSEKEEPING_MS 250 /* linger deadline checks */
+#define SRV_LINGER_MS 1000       /* reading what follows a last answer */
+#define SRV_HOUSEKEEPING_MS 250  /* linger and phase deadline checks */
+#define SRV_TLS_REASON_BYTES 160 /* OpenSSL reason for a debug line */
+#define SRV_EVICT_MIN_AGE_MS 100 /* a silent connection younger is kept */
+#define SRV_EVICT_SCAN_MAX 64    /* slow connections looked at per eviction */
 
 typedef struct srv_buf {
     char *data;
     size_t len, cap;
 } srv_buf;
+
+/* Connections in one phase group, oldest first (links in srv_conn). */
+typedef struct srv_fifo {
+    srv_conn *head, *tail;
+} srv_fifo;
+
+/* What a connection is doing, for its deadline (see the file comment). */
+enum srv_phase {
+    SRV_PH_NONE,    /* upgraded, or closing: no deadline of ours */
+    SRV_PH_HEADERS, /* waiting for the request line and headers */
+    SRV_PH_BODY,    /* waiting for body bytes */
+    SRV_PH_BUSY,    /* a handler has the request */
+    SRV_PH_IDLE,    /* keep-alive, between requests */
+    SRV_PH_CLOSING, /* last answer being written */
+};
 
 struct srv_server {
     uv_loop_t *loop;
@@ -50,8 +85,11 @@ struct srv_server {
     const srv_route *routes;
     size_t nroutes;
     void *app;
-    srv_guard guard; /* NULL: every routed request reaches its handler */
-    srv_conn *conns; /* doubly linked list of open connections */
+    srv_conn *conns;   /* doubly linked list of open connections */
+    srv_fifo slow;     /* connections in the headers or body phase */
+    srv_fifo finished; /* connections in the closing phase */
+    srv_tls_ctx *tls;  /* borrowed; NULL = plain HTTP */
+    srv_guard guard;   /* NULL: every routed request reaches its handler */
     srv_http_stats stats;
     bool draining;
     bool housekeeping; /* housekeeping_timer initialised */
@@ -83,6 +121,16 @@ struct srv_conn {
     uv_shutdown_t shutdown_req;
     const srv_proto *proto; /* set once upgraded; HTTP parsing stops */
     void *proto_ud;
+    srv_tls *tls;    /* NULL on a plain connection */
+    srv_buf wire;    /* TLS: ciphertext taken from OpenSSL, being written */
+    bool tls_failed; /* handshake failure already counted */
+    enum srv_phase phase;
+    uint64_t deadline;               /* loop ms; 0 = none */
+    bool got_bytes;                  /* the current request has begun */
+    bool read_any;                   /* the client has sent something */
+    size_t watched_queue;            /* write_queue_size at the last check */
+    uint64_t fifo_since;             /* loop ms it entered its FIFO */
+    srv_conn *fifo_prev, *fifo_next; /* in srv->slow or srv->finished */
 
     /* the request being parsed */
     srv_buf target;
@@ -124,17 +172,19 @@ static const char *const wanted_headers[SRV_HDR__COUNT] = {
 static void conn_close(srv_conn *c);
 static void conn_feed(srv_conn *c, const char *data, size_t len);
 static void conn_flush(srv_conn *c);
+static int conn_write(srv_conn *c);
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_conn_freeable(srv_conn *c);
 static void on_housekeeping(uv_timer_t *t);
 static void on_flush_idle(uv_idle_t *h);
+static void conn_set_phase(srv_conn *c, enum srv_phase ph);
 
 /* ------------------------------------------------------------------ */
 /* Buffers                                                              */
 
-/* Appends len bytes; returns false when memory runs out. */
-static bool buf_append(srv_buf *b, const void *data, size_t len)
+/* Makes room for len more bytes; returns false when memory runs out. */
+static bool buf_reserve(srv_buf *b, size_t len)
 {
     if (b->len + len > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
@@ -147,6 +197,14 @@ static bool buf_append(srv_buf *b, const void *data, size_t len)
         b->data = grown;
         b->cap = cap;
     }
+    return true;
+}
+
+/* Appends len bytes; returns false when memory runs out. */
+static bool buf_append(srv_buf *b, const void *data, size_t len)
+{
+    if (!buf_reserve(b, len))
+        return false;
     if (len)
         memcpy(b->data + b->len, data, len);
     b->len += len;
@@ -209,6 +267,8 @@ static const char *status_text(int status)
         return "Precondition Failed";
     case 413:
         return "Content Too Large";
+    case 408:
+        return "Request Timeout";
     case 414:
         return "URI Too Long";
     case 431:
@@ -239,6 +299,7 @@ void srv_respond(srv_conn *c, int status, const char *content_type,
     }
     if (c->srv->draining)
         c->close_after_write = true;
+    conn_set_phase(c, c->close_after_write ? SRV_PH_CLOSING : SRV_PH_IDLE);
     ok = buf_printf(o, "HTTP/1.1 %d %s\r\n", status, status_text(status));
     if (content_type)
         ok = ok && buf_printf(o, "Content-Type: %s\r\n", content_type);
@@ -395,7 +456,12 @@ static void request_reset(srv_conn *c)
 
 static int on_message_begin(http_parser *p)
 {
-    request_reset(p->data);
+    srv_conn *c = p->data;
+
+    request_reset(c);
+    if (c->phase != SRV_PH_HEADERS)
+        conn_set_phase(c, SRV_PH_HEADERS);
+    c->got_bytes = true;
     return 0;
 }
 
@@ -494,6 +560,7 @@ static int on_headers_complete(http_parser *p)
                       "the request body is larger than max_value_bytes");
     if (expect && strcasecmp(expect, "100-continue") == 0)
         buf_append(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    conn_set_phase(c, SRV_PH_BODY);
     return 0;
 }
 
@@ -506,6 +573,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
                       "the request body is larger than max_value_bytes");
     if (!buf_append(&c->body, at, len))
         return reject(c, 503, "no_memory", "out of memory");
+    c->deadline = uv_now(c->srv->loop) + c->srv->limits.body_timeout_ms;
     return 0;
 }
 
@@ -545,6 +613,7 @@ static int on_message_complete(http_parser *p)
     c->method = srv_method_bit(p->method);
     if (!http_should_keep_alive(p))
         c->close_after_write = true;
+    conn_set_phase(c, SRV_PH_BUSY);
     memset(c->caps, 0, sizeof c->caps);
     if (!srv_split_target(target, &c->path, &c->query)) {
         srv_respond_error(c, 400, "bad_request",
@@ -615,6 +684,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
     c->srv->stats.requests_rejected++;
     c->close_after_write = true;
     c->responded = false;
+    conn_set_phase(c, SRV_PH_CLOSING);
     if (c->reject_status)
         srv_respond_error(c, c->reject_status, c->reject_code, "%s",
                           c->reject_msg);
@@ -624,6 +694,90 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
     else
         srv_respond_error(c, 400, "bad_request", "malformed HTTP request: %s",
                           http_errno_description(e));
+}
+
+/* ------------------------------------------------------------------ */
+/* Phases and deadlines                                                 */
+
+/* The FIFO of the server holding connections in phase ph, or NULL. */
+static srv_fifo *phase_fifo(srv_server *s, enum srv_phase ph)
+{
+    switch (ph) {
+    case SRV_PH_HEADERS:
+    case SRV_PH_BODY:
+        return &s->slow;
+    case SRV_PH_CLOSING:
+        return &s->finished;
+    case SRV_PH_NONE:
+    case SRV_PH_BUSY:
+    case SRV_PH_IDLE:
+        break;
+    }
+    return NULL;
+}
+
+static void fifo_remove(srv_fifo *q, srv_conn *c)
+{
+    if (c->fifo_prev)
+        c->fifo_prev->fifo_next = c->fifo_next;
+    else
+        q->head = c->fifo_next;
+    if (c->fifo_next)
+        c->fifo_next->fifo_prev = c->fifo_prev;
+    else
+        q->tail = c->fifo_prev;
+    c->fifo_prev = c->fifo_next = NULL;
+}
+
+static void fifo_push(srv_fifo *q, srv_conn *c)
+{
+    c->fifo_prev = q->tail;
+    c->fifo_next = NULL;
+    if (q->tail)
+        q->tail->fifo_next = c;
+    else
+        q->head = c;
+    q->tail = c;
+}
+
+/*
+ * Moves c to phase ph and sets its deadline from now. Changing phase
+ * group moves c from one eviction FIFO (srv->slow: headers and body;
+ * srv->finished: closing) to the tail of the other, or out of both.
+ */
+static void conn_set_phase(srv_conn *c, enum srv_phase ph)
+{
+    srv_server *s = c->srv;
+    const srv_limits *l = &s->limits;
+    uint64_t now = uv_now(s->loop);
+    srv_fifo *from = phase_fifo(s, c->phase), *to = phase_fifo(s, ph);
+
+    if (from != to) {
+        if (from)
+            fifo_remove(from, c);
+        if (to) {
+            fifo_push(to, c);
+            c->fifo_since = now;
+        }
+    }
+    c->phase = ph;
+    switch (ph) {
+    case SRV_PH_HEADERS:
+    case SRV_PH_CLOSING:
+        c->deadline = now + l->header_timeout_ms;
+        break;
+    case SRV_PH_BODY:
+        c->deadline = now + l->body_timeout_ms;
+        break;
+    case SRV_PH_IDLE:
+        c->deadline = now + l->idle_timeout_ms;
+        c->got_bytes = false;
+        break;
+    case SRV_PH_NONE:
+    case SRV_PH_BUSY:
+        c->deadline = 0;
+        break;
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -642,6 +796,8 @@ static void on_conn_freeable(srv_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     s->stats.connections_open--;
+    srv_tls_free(c->tls);
+    buf_free(&c->wire);
     buf_free(&c->target);
     buf_free(&c->body);
     buf_free(&c->pending);
@@ -674,6 +830,7 @@ static void conn_close(srv_conn *c)
         return;
     c->closing = true;
     c->reading = false;
+    conn_set_phase(c, SRV_PH_NONE);
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -695,9 +852,14 @@ static void conn_finish(srv_conn *c)
 {
     if (c->closing || c->lingering)
         return;
-    if (c->proto) {
+    if (c->proto && !c->tls) {
         conn_close(c);
         return;
+    }
+    if (c->tls && srv_tls_established(c->tls)) {
+        srv_tls_close_notify(c->tls);
+        if (conn_write(c) != 0)
+            return;
     }
     c->lingering = true;
     c->linger_deadline = uv_now(c->srv->loop) + SRV_LINGER_MS;
@@ -722,6 +884,8 @@ static void on_write(uv_write_t *req, int status)
     free(w->data);
     free(w);
     c->writes_in_flight--;
+    if (status == 0 && (c->phase == SRV_PH_IDLE || c->phase == SRV_PH_CLOSING))
+        conn_set_phase(c, c->phase); /* its deadline runs from now */
     if (status < 0 && status != UV_ECANCELED)
         conn_close(c);
     else if (!c->writes_in_flight && c->close_after_write && !c->waiting)
@@ -731,47 +895,76 @@ static void on_write(uv_write_t *req, int status)
     on_conn_freeable(c);
 }
 
-/* Writes what has been answered: now if the socket takes it, else queued. */
-static void conn_flush(srv_conn *c)
+/*
+ * Writes c's outgoing bytes (c->wire on a TLS connection, c->out on a plain
+ * one): now if the socket takes them, the rest queued with uv_write. Returns
+ * 0, or -1 when the connection has been closed.
+ */
+static int conn_write(srv_conn *c)
 {
+    srv_buf *o = c->tls ? &c->wire : &c->out;
     uv_buf_t b;
     srv_write *w;
     int n;
 
+    if (c->tls) { /* everything OpenSSL has for the peer, in one buffer */
+        size_t more = srv_tls_out_len(c->tls);
+        if (more && !buf_reserve(o, more)) {
+            conn_close(c);
+            return -1;
+        }
+        o->len += srv_tls_take_out(c->tls, o->data + o->len, more);
+    }
+    if (!o->len)
+        return 0;
+    b = uv_buf_init(o->data, (unsigned)o->len);
+    n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
+        conn_close(c);
+        return -1;
+    }
+    if (n < 0)
+        n = 0;
+    if ((size_t)n == o->len) {
+        o->len = 0;
+        return 0;
+    }
+    w = malloc(sizeof *w);
+    if (!w) {
+        conn_close(c);
+        return -1;
+    }
+    w->conn = c;
+    if (n > 0)
+        memmove(o->data, o->data + n, o->len - (size_t)n);
+    w->data = o->data;
+    b = uv_buf_init(w->data, (unsigned)(o->len - (size_t)n));
+    *o = (srv_buf){0};
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write)) {
+        free(w->data);
+        free(w);
+        conn_close(c);
+        return -1;
+    }
+    c->writes_in_flight++;
+    return 0;
+}
+
+/* Writes what has been answered (encrypted first on a TLS connection), and
+ * finishes the connection when that was its last answer. */
+static void conn_flush(srv_conn *c)
+{
     if (c->closing || c->lingering)
         return;
-    if (c->out.len) {
-        b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-        n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
+    if (c->tls && c->out.len) {
+        if (srv_tls_write(c->tls, c->out.data, c->out.len) != 0) {
             conn_close(c);
-            return;
-        }
-        if (n < 0)
-            n = 0;
-        if ((size_t)n < c->out.len) {
-            w = malloc(sizeof *w);
-            if (!w) {
-                conn_close(c);
-                return;
-            }
-            w->conn = c;
-            if (n > 0)
-                memmove(c->out.data, c->out.data + n, c->out.len - (size_t)n);
-            w->data = c->out.data;
-            b = uv_buf_init(w->data, (unsigned)(c->out.len - (size_t)n));
-            c->out = (srv_buf){0};
-            if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write)) {
-                free(w->data);
-                free(w);
-                conn_close(c);
-                return;
-            }
-            c->writes_in_flight++;
             return;
         }
         c->out.len = 0;
     }
+    if (conn_write(c) != 0)
+        return;
     if (c->close_after_write && !c->waiting && !c->writes_in_flight)
         conn_finish(c);
 }
@@ -784,6 +977,67 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
 }
 
+/*
+ * Plaintext from srv_tls_read(): the same path as a plain connection's
+ * bytes. While a handler's answer is pending the bytes wait in c->pending,
+ * as conn_feed() would keep them. Returns false once c is closing.
+ */
+static bool on_tls_plain(void *ud, const char *p, size_t n)
+{
+    srv_conn *c = ud;
+
+    if (c->closing)
+        return false;
+    if (c->close_after_write || c->lingering)
+        return true; /* discarded, as on_read does */
+    if (c->proto)
+        c->proto->on_data(c->proto_ud, p, n);
+    else if (c->waiting) {
+        if (!buf_append(&c->pending, p, n))
+            c->close_after_write = true;
+    } else
+        conn_feed(c, p, n);
+    return !c->closing;
+}
+
+/* Counts and logs a failed handshake once per connection. */
+static void tls_handshake_failed(srv_conn *c, const char *why)
+{
+    if (c->tls_failed || srv_tls_established(c->tls))
+        return;
+    c->tls_failed = true;
+    c->srv->stats.tls_handshake_failures++;
+    srv_debug("tls: handshake failed: %s", why);
+}
+
+/* n bytes of ciphertext read into c->rbuf. */
+static void conn_tls_read(srv_conn *c, size_t n)
+{
+    char why[SRV_TLS_REASON_BYTES] = "";
+    bool was_up = srv_tls_established(c->tls);
+    int rc = srv_tls_read(c->tls, c->rbuf, n, on_tls_plain, c, why, sizeof why);
+
+    if (!was_up && srv_tls_established(c->tls))
+        c->srv->stats.tls_handshakes++;
+    switch (rc) {
+    case SRV_TLS_OK:
+        conn_flush(c);
+        break;
+    case SRV_TLS_CLOSED: /* close_notify: like end of file */
+        conn_close(c);
+        break;
+    case SRV_TLS_FAILED:
+    case SRV_TLS_NOMEM:
+        tls_handshake_failed(c, rc == SRV_TLS_NOMEM ? "out of memory" : why);
+        if (!c->closing)
+            conn_write(c); /* OpenSSL's alert, if the socket takes it */
+        conn_close(c);
+        break;
+    case SRV_TLS_STOPPED:
+        break;
+    }
+}
+
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
 {
     srv_conn *c = (srv_conn *)stream;
@@ -791,17 +1045,57 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
     (void)buf;
     if (n < 0) {
         /* EOF or error: answers still pending have nowhere to go */
+        if (c->tls)
+            tls_handshake_failed(c, "the client closed during the handshake");
         conn_close(c);
         return;
     }
     if (n == 0 || c->close_after_write || c->lingering)
         return; /* nothing more will be answered on this connection */
+    c->read_any = true;
+    if (c->tls) {
+        conn_tls_read(c, (size_t)n);
+        return;
+    }
     if (c->proto) {
         c->proto->on_data(c->proto_ud, c->rbuf, (size_t)n);
         return;
     }
     conn_feed(c, c->rbuf, (size_t)n);
     conn_flush(c);
+}
+
+/*
+ * Makes room for one connection by closing another: the oldest of those
+ * already answered and closing (lingering), else the one that has waited
+ * longest for its request's headers or body among the first
+ * SRV_EVICT_SCAN_MAX of them, skipping connections that have sent nothing
+ * yet and are younger than SRV_EVICT_MIN_AGE_MS (accepted in the same
+ * burst, their first bytes may simply not have been read yet). Returns
+ * false when there is none to close.
+ */
+static bool evict_one(srv_server *s)
+{
+    srv_conn *victim = s->finished.head;
+    uint64_t now = uv_now(s->loop);
+    int scanned = 0;
+
+    if (!victim) {
+        for (victim = s->slow.head; victim && scanned < SRV_EVICT_SCAN_MAX;
+             victim = victim->fifo_next, scanned++)
+            if (victim->read_any ||
+                now - victim->fifo_since >= SRV_EVICT_MIN_AGE_MS)
+                break;
+        if (!victim || scanned == SRV_EVICT_SCAN_MAX)
+            return false;
+        srv_debug("http: max_connections reached; closing the connection "
+                  "that has waited longest for its request");
+    }
+    s->stats.evicted++;
+    if (victim->tls)
+        tls_handshake_failed(victim, "closed to make room");
+    conn_close(victim);
+    return true;
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -832,7 +1126,12 @@ static void on_connection(uv_stream_t *listener, int status)
     }
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    if (s->stats.connections_open > s->limits.max_connections) {
+    if (s->stats.connections_open > s->limits.max_connections &&
+        !evict_one(s)) {
+        if (s->tls) { /* no session to say it in */
+            conn_close(c);
+            return;
+        }
         c->method = SRV_GET;
         c->close_after_write = true;
         srv_respond_error(c, 503, "too_many_connections",
@@ -840,7 +1139,13 @@ static void on_connection(uv_stream_t *listener, int status)
         conn_flush(c);
         return;
     }
+    if (s->tls && !(c->tls = srv_tls_new(s->tls))) {
+        srv_warn("tls: out of memory accepting a connection");
+        conn_close(c);
+        return;
+    }
     uv_tcp_nodelay(&c->tcp, 1);
+    conn_set_phase(c, SRV_PH_HEADERS);
     c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
     if (!c->reading)
         conn_close(c);
@@ -853,6 +1158,7 @@ void srv_conn_upgrade(srv_conn *c, const srv_proto *proto, void *ud)
 {
     c->proto = proto;
     c->proto_ud = ud;
+    conn_set_phase(c, SRV_PH_NONE);
 }
 
 /*
@@ -946,6 +1252,11 @@ void srv_server_set_guard(srv_server *s, srv_guard guard)
     s->guard = guard;
 }
 
+void srv_server_set_tls(srv_server *s, srv_tls_ctx *ctx)
+{
+    s->tls = ctx;
+}
+
 int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,
                       size_t errlen)
 {
@@ -980,7 +1291,56 @@ int srv_server_listen(srv_server *s, const char *host, unsigned port, char *err,
     return rc;
 }
 
-/* Closes connections that lingered past their deadline. */
+/*
+ * A request whose headers or body did not arrive in time: 408 and close
+ * when the client has sent part of one, a quiet close otherwise (nothing
+ * was asked; on TLS, no session may exist to answer in).
+ */
+static void conn_timed_out(srv_conn *c)
+{
+    bool headers = c->phase == SRV_PH_HEADERS;
+
+    c->srv->stats.timeouts++;
+    if (c->tls && !srv_tls_established(c->tls))
+        tls_handshake_failed(c, "header_timeout_ms passed");
+    if (!c->got_bytes) {
+        srv_debug("http: no request within header_timeout_ms; closing");
+        conn_close(c);
+        return;
+    }
+    srv_debug("http: request %s too slow; 408", headers ? "headers" : "body");
+    c->close_after_write = true;
+    c->responded = false;
+    if (headers)
+        srv_respond_error(c, 408, "request_timeout",
+                          "the request headers were not complete within "
+                          "header_timeout_ms");
+    else
+        srv_respond_error(c, 408, "request_timeout",
+                          "no request body bytes arrived for "
+                          "body_timeout_ms");
+    conn_flush(c);
+}
+
+/*
+ * True when an answer of an idle or closing connection is still being
+ * written and the client has taken some of it since the last check: a
+ * slow reader of a large answer is not idle, a stalled one is.
+ */
+static bool write_progressed(srv_conn *c)
+{
+    size_t queued = c->tcp.write_queue_size;
+
+    if (!c->writes_in_flight ||
+        (c->phase != SRV_PH_IDLE && c->phase != SRV_PH_CLOSING))
+        return false;
+    if (queued == c->watched_queue)
+        return false;
+    c->watched_queue = queued;
+    return true;
+}
+
+/* Applies the deadlines: lingering, phase (see the file comment). */
 static void on_housekeeping(uv_timer_t *t)
 {
     srv_server *s = t->data;
@@ -989,8 +1349,38 @@ static void on_housekeeping(uv_timer_t *t)
 
     for (c = s->conns; c; c = next) {
         next = c->next;
-        if (c->lingering && now >= c->linger_deadline)
+        if (c->closing)
+            continue;
+        if (c->lingering) {
+            if (now >= c->linger_deadline)
+                conn_close(c);
+            continue;
+        }
+        if (write_progressed(c)) {
+            conn_set_phase(c, c->phase); /* a new deadline from now */
+            continue;
+        }
+        if (!c->deadline || now < c->deadline)
+            continue;
+        switch (c->phase) {
+        case SRV_PH_HEADERS:
+        case SRV_PH_BODY:
+            conn_timed_out(c);
+            break;
+        case SRV_PH_IDLE:
+            /* quietly, but after what the kernel still holds for it */
+            s->stats.idle_closed++;
+            c->close_after_write = true;
+            conn_set_phase(c, SRV_PH_CLOSING);
+            conn_flush(c);
+            break;
+        case SRV_PH_CLOSING:
             conn_close(c);
+            break;
+        case SRV_PH_NONE:
+        case SRV_PH_BUSY:
+            break;
+        }
     }
 }
 
@@ -1020,12 +1410,14 @@ void srv_server_shutdown(srv_server *s, unsigned grace_ms,
     s->grace_timer.data = s;
     for (c = s->conns; c; c = next) {
         next = c->next;
-        if (c->waiting)
+        if (c->waiting || c->writes_in_flight)
             c->close_after_write = true;
-        else if (!c->writes_in_flight)
+        else if (c->tls && srv_tls_established(c->tls) && !c->closing) {
+            /* idle TLS: close_notify first, then close */
+            c->close_after_write = true;
+            conn_flush(c);
+        } else
             conn_close(c);
-        else
-            c->close_after_write = true;
     }
     if (!s->conns) {
         s->drained = NULL;

@@ -11,7 +11,12 @@
  * Limits (URI bytes, header bytes, body bytes, connections) are enforced
  * while parsing; each refusal is a JSON error with its status (414, 431,
  * 413, 503) and the connection is closed when its stream can no longer be
- * trusted. Why not libwebsockets for HTTP: see docs/architecture.md.
+ * trusted. Timeouts bound how long a client may take to send its headers
+ * (408) or body (408) and how long a keep-alive connection may sit idle;
+ * when max_connections is reached, the connection that has waited longest
+ * for its request is closed to make room. With a TLS context the listener
+ * speaks TLS only (srv_tls.h). Why not libwebsockets for HTTP: see
+ * docs/architecture.md.
  *
  * Runs on: the event loop thread, entirely.
  */
@@ -23,6 +28,7 @@
 
 #include "kvstore/kvstore.h"
 #include "server/srv_request.h"
+#include "server/srv_tls.h"
 
 struct uv_loop_s;
 
@@ -53,6 +59,10 @@ typedef struct srv_limits {
     size_t max_header_bytes;
     size_t max_body_bytes;
     size_t max_connections;
+    uint32_t header_timeout_ms; /* connection open or first request byte to
+                                   end of headers (TLS handshake included) */
+    uint32_t body_timeout_ms;   /* longest gap between body bytes */
+    uint32_t idle_timeout_ms;   /* keep-alive with no request in progress */
 } srv_limits;
 
 /* Response counters by status class, for /metrics. */
@@ -61,6 +71,11 @@ typedef struct srv_http_stats {
     uint64_t connections_open;
     uint64_t responses[6];      /* index = status / 100; [0] unused */
     uint64_t requests_rejected; /* refused while parsing (limits, syntax) */
+    uint64_t timeouts;          /* header or body timeout (408 or closed) */
+    uint64_t idle_closed;       /* keep-alive connections idle too long */
+    uint64_t evicted;           /* slow connections closed to make room */
+    uint64_t tls_handshakes;    /* completed */
+    uint64_t tls_handshake_failures; /* bad or plain-text client, timeout */
 } srv_http_stats;
 
 /*
@@ -69,6 +84,12 @@ typedef struct srv_http_stats {
  */
 srv_server *srv_server_new(struct uv_loop_s *loop, const srv_limits *limits,
                            const srv_route *routes, size_t nroutes, void *app);
+
+/*
+ * Makes the listener speak TLS only, with ctx (borrowed, must outlive s).
+ * Call before srv_server_listen().
+ */
+void srv_server_set_tls(srv_server *s, srv_tls_ctx *ctx);
 
 /* Binds host:port and listens. Returns 0 or a negative libuv error, with a
  * sentence in err. */

@@ -245,6 +245,29 @@ char *srv_metrics_render(const srv_app *app, size_t *len)
     for (cls = 1; cls <= 5; cls++)
         put(&t, "kvbus_http_responses_total{code=\"%dxx\"} %llu\n", cls,
             (unsigned long long)hs->responses[cls]);
+    put(&t,
+        "# HELP kvbus_http_timeouts_total Requests whose headers or body "
+        "came too slowly (408 or closed).\n"
+        "# TYPE kvbus_http_timeouts_total counter\n"
+        "kvbus_http_timeouts_total %llu\n"
+        "# HELP kvbus_http_idle_closed_total Keep-alive connections closed "
+        "after idle_timeout_ms.\n"
+        "# TYPE kvbus_http_idle_closed_total counter\n"
+        "kvbus_http_idle_closed_total %llu\n"
+        "# HELP kvbus_http_evicted_total Slow connections closed to make "
+        "room at max_connections.\n"
+        "# TYPE kvbus_http_evicted_total counter\n"
+        "kvbus_http_evicted_total %llu\n"
+        "# HELP kvbus_tls_handshakes_total TLS handshakes completed.\n"
+        "# TYPE kvbus_tls_handshakes_total counter\n"
+        "kvbus_tls_handshakes_total %llu\n"
+        "# HELP kvbus_tls_handshake_failures_total TLS handshakes that "
+        "failed or timed out.\n"
+        "# TYPE kvbus_tls_handshake_failures_total counter\n"
+        "kvbus_tls_handshake_failures_total %llu\n",
+        (unsigned long long)hs->timeouts, (unsigned long long)hs->idle_closed,
+        (unsigned long long)hs->evicted, (unsigned long long)hs->tls_handshakes,
+        (unsigned long long)hs->tls_handshake_failures);
     render_pubsub(&t, app);
     put(&t, "# HELP kvbus_auth_failures_total Requests and WebSocket frames "
             "refused by API token checks.\n"

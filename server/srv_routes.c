@@ -96,6 +96,14 @@ static bool query_int(srv_conn *c, const char *name, int64_t def, int64_t min,
     return true;
 }
 
+/* The registry's limits (max_mget_keys, max_page_keys...). */
+static const kv_limits *app_limits(srv_conn *c)
+{
+    const srv_app *app = srv_conn_app(c);
+
+    return kv_registry_limits(app->reg);
+}
+
 /* Answers a call that failed before it started (no callback follows). */
 static void call_or_fail(srv_conn *c, kv_store *s, const kv_req *req,
                          kv_done_cb done)
@@ -409,6 +417,7 @@ static void handle_mget(srv_conn *c, kv_store *s)
     kv_req req = {.op = KV_OP_MGET};
     kv_bytes *list = NULL;
     size_t i, n = json_array_size(keys);
+    size_t max_keys = app_limits(c)->max_mget_keys;
 
     if (!doc) {
         srv_respond_error(c, 400, "bad_json", "body is not JSON: %s",
@@ -420,9 +429,10 @@ static void handle_mget(srv_conn *c, kv_store *s)
                           "body must be {\"keys\": [\"key\", ...]}");
         goto out;
     }
-    if (n > KV_KEYS_LIMIT_MAX) {
-        srv_respond_error(c, 400, "limit", "mget takes at most %d keys",
-                          KV_KEYS_LIMIT_MAX);
+    if (n > max_keys) {
+        srv_respond_error(c, 400, "limit",
+                          "mget takes at most %zu keys (max_mget_keys)",
+                          max_keys);
         goto out;
     }
     list = calloc(n ? n : 1, sizeof *list);
@@ -463,7 +473,7 @@ static void handle_store(srv_conn *c)
     char prefix[QUERY_VALUE_MAX], cursor[QUERY_VALUE_MAX], op[16];
     kv_req req = {0};
     kv_store *s;
-    int64_t limit;
+    int64_t limit, max_page;
     long n;
 
     if (!(s = find_store(c)))
@@ -485,8 +495,11 @@ static void handle_store(srv_conn *c)
             return;
         }
         req.cursor = (kv_bytes){cursor, n < 0 ? 0 : (size_t)n};
-        if (!query_int(c, "limit", KV_KEYS_LIMIT_DEFAULT, 1, KV_KEYS_LIMIT_MAX,
-                       &limit))
+        max_page = (int64_t)app_limits(c)->max_page_keys;
+        if (!query_int(c, "limit",
+                       max_page < KV_KEYS_LIMIT_DEFAULT ? max_page
+                                                        : KV_KEYS_LIMIT_DEFAULT,
+                       1, max_page, &limit))
             return;
         req.limit = (size_t)limit;
         call_or_fail(c, s, &req, keys_done);

@@ -654,7 +654,11 @@ static void on_conn_data(void *ud, const char *data, size_t len)
         return;
     }
     wslay_event_send(w->ws); /* pongs and the close reply wslay queued */
-    if (wslay_event_get_close_received(w->ws) && !w->close_deadline) {
+    /* A close from the client, or one wslay sent itself on a framing
+     * error (1002): the socket goes once it is written. */
+    if ((wslay_event_get_close_received(w->ws) ||
+         wslay_event_get_close_sent(w->ws)) &&
+        !w->close_deadline) {
         w->close_deadline = now_ms() + WS_CLOSE_GRACE_MS;
         srv_conn_close_after_write(w->conn);
     }

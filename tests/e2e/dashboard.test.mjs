@@ -22,7 +22,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-import { BASE, BACKEND, request, json, uniqueStore } from './lib.mjs';
+import { BASE, BACKEND, TLS, request, json, uniqueStore } from './lib.mjs';
 import { WsClient, startKvbusd, httpRequest } from './wslib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -47,7 +47,10 @@ describe(`dashboard (${BACKEND})`, { timeout: SUITE_TIMEOUT_MS }, () => {
         assert.ok(fs.existsSync(CHROMIUM),
             `${CHROMIUM} is missing: run tests/tools/install-deps (Debian package chromium)`);
         browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
-        page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+        // Over TLS (KVBUS_TEST_TLS=1) the certificate is a test-made
+        // self-signed one.
+        page = await browser.newPage({ viewport: { width: 1280, height: 800 },
+            ignoreHTTPSErrors: TLS });
         page.setDefaultTimeout(UI_TIMEOUT_MS);
         page.on('pageerror', (e) => pageErrors.push(String(e)));
         fs.mkdirSync(ARTIFACTS, { recursive: true });

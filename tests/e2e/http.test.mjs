@@ -6,10 +6,10 @@
 
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import {
-    BACKEND, HOST, PORT, request, text, json, uniqueStore, kvPath, put, get,
-    assertJsonError, rawExchange, rawRequest, parseResponses,
+    BACKEND, request, text, json, uniqueStore, kvPath, put, get,
+    assertJsonError, rawExchange, rawRequest, parseResponses, connectRaw,
+    RAW_READY,
 } from './lib.mjs';
 
 /* Sends raw bytes and returns the first parsed response (asserts one). */
@@ -133,9 +133,9 @@ describe('connections', () => {
                 rawRequest('GET', '/healthz'),
             ];
             // One request at a time, waiting for each answer.
-            const sock = net.connect({ host: HOST, port: PORT });
+            const sock = connectRaw();
             await new Promise((r, j) => {
-                sock.once('connect', r);
+                sock.once(RAW_READY, r);
                 sock.once('error', j);
             });
             let buf = Buffer.alloc(0);

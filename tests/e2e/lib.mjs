@@ -6,17 +6,27 @@
 // Key paths are never built with fetch() or URL: WHATWG URL parsing
 // normalises `..`, `%2E` and `//`, and those are exactly what the key
 // encoding tests need to send.
+//
+// KVBUS_URL may be https://: the suite then speaks TLS to the server under
+// test, trusting the PEM certificate named by KVBUS_TEST_CA (tests/e2e/run
+// makes one with KVBUS_TEST_TLS=1).
 
+import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import assert from 'node:assert/strict';
 
 export const BASE = process.env.KVBUS_URL ?? 'http://127.0.0.1:7400';
 export const BACKEND = process.env.KVBUS_TEST_BACKEND ?? 'memory';
 
 const base = new URL(BASE);
+export const TLS = base.protocol === 'https:';
+export const TLS_CA = process.env.KVBUS_TEST_CA
+    ? fs.readFileSync(process.env.KVBUS_TEST_CA) : undefined;
 export const HOST = base.hostname;
-export const PORT = Number(base.port || 80);
+export const PORT = Number(base.port || (TLS ? 443 : 80));
 
 // Must match max_value_bytes in the config tests/e2e/run writes.
 export const MAX_VALUE_BYTES = 65536;
@@ -33,7 +43,19 @@ export const XXH3 = {
     all256: '9408a4433b952d71',   // bytes 0x00..0xff in order
 };
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+const client = TLS ? https : http;
+const agent = new client.Agent({ keepAlive: true, maxSockets: 16, ca: TLS_CA });
+
+/*
+ * A raw connection to the server under test: plain TCP, or TLS trusting
+ * TLS_CA when KVBUS_URL is https. Wait for RAW_READY before relying on
+ * the connection; data written earlier is sent once it is ready.
+ */
+export const RAW_READY = TLS ? 'secureConnect' : 'connect';
+export function connectRaw() {
+    return TLS ? tls.connect({ host: HOST, port: PORT, ca: TLS_CA })
+        : net.connect({ host: HOST, port: PORT });
+}
 
 /*
  * One HTTP request. path is sent exactly as given. body may be a string or
@@ -49,7 +71,7 @@ export function request(method, path, { headers = {}, body } = {}) {
             hdrs['content-length'] = Buffer.byteLength(body);
         }
         let answered = false;
-        const req = http.request(
+        const req = client.request(
             { host: HOST, port: PORT, method, path, headers: hdrs, agent },
             (res) => {
                 const chunks = [];
@@ -214,7 +236,7 @@ export function rawExchange(data, {
         const chunks = [];
         let done = false;
         let closed = false;
-        const sock = net.connect({ host: HOST, port: PORT });
+        const sock = connectRaw();
         const finish = () => {
             if (done) return;
             done = true;
@@ -223,7 +245,7 @@ export function rawExchange(data, {
             resolve({ data: Buffer.concat(chunks), closed });
         };
         const timer = setTimeout(finish, timeoutMs);
-        sock.on('connect', () => {
+        sock.on(RAW_READY, () => {
             for (const part of [].concat(data)) sock.write(part);
             if (later !== undefined) {
                 setTimeout(() => {

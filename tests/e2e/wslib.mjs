@@ -12,10 +12,11 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import WebSocket from 'ws';
 
-import { BASE } from './lib.mjs';
+import { BASE, TLS_CA } from './lib.mjs';
 
 export const WS_URL = BASE.replace(/^http/, 'ws') + '/v1/ws';
 
@@ -108,10 +109,11 @@ export class WsClient {
 
     /*
      * Opens a connection to url, sending headers with the upgrade request;
-     * rejects on an HTTP answer other than 101.
+     * rejects on an HTTP answer other than 101. ca: the PEM certificate(s)
+     * to trust for a wss:// url (default: the suite's, KVBUS_TEST_CA).
      */
-    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS, headers } = {}) {
-        const ws = new WebSocket(url, { perMessageDeflate: false, headers });
+    static open(url = WS_URL, { timeoutMs = DEFAULT_WAIT_MS, headers, ca = TLS_CA } = {}) {
+        const ws = new WebSocket(url, { perMessageDeflate: false, headers, ca });
         const client = new WsClient(ws);
         const opened = new Promise((resolve, reject) => {
             ws.once('open', () => resolve(client));
@@ -355,17 +357,19 @@ export function freePort() {
 }
 
 /*
- * One HTTP request to base (a URL string) over agent. Resolves to
+ * One HTTP request to base (a URL string, http: or https:) over agent.
+ * ca: the PEM certificate(s) to trust for https. Resolves to
  * {status, headers, body: Buffer}.
  */
-export function httpRequest(base, method, path, { body, agent, headers = {} } = {}) {
+export function httpRequest(base, method, path, { body, agent, headers = {}, ca } = {}) {
     const u = new URL(base);
+    const client = u.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
         const hdrs = { ...headers };
         if (body !== undefined) hdrs['content-length'] = Buffer.byteLength(body);
-        const req = http.request({
+        const req = client.request({
             host: u.hostname, port: Number(u.port), method, path,
-            headers: hdrs, agent,
+            headers: hdrs, agent, ca,
         }, (res) => {
             const chunks = [];
             res.on('data', (c) => chunks.push(c));
@@ -385,11 +389,13 @@ export function httpRequest(base, method, path, { body, agent, headers = {} } = 
  * Starts binary with flags (plus --server.listen on a free port) and
  * resolves once /healthz answers 200 with {pid, port, url, proc, exited,
  * stop()}. KVBUS_* variables are removed from its environment so that only
- * the flags configure it; extraEnv is added. stop() sends SIGTERM and
+ * the flags configure it; extraEnv is added. With ca (PEM text) the server
+ * is expected to speak TLS (flags give it tls_cert and tls_key): url is
+ * https and /healthz is checked trusting ca. stop() sends SIGTERM and
  * resolves with {code, signal} at exit.
  */
 export async function startKvbusd(binary, flags, { extraEnv = {},
-    timeoutMs = 10000 } = {}) {
+    timeoutMs = 10000, ca } = {}) {
     const port = await freePort();
     const env = {};
     for (const [k, v] of Object.entries(process.env)) {
@@ -404,7 +410,7 @@ export async function startKvbusd(binary, flags, { extraEnv = {},
     const exited = new Promise((resolve) => {
         proc.on('exit', (code, signal) => resolve({ code, signal }));
     });
-    const url = `http://127.0.0.1:${port}`;
+    const url = `${ca ? 'https' : 'http'}://127.0.0.1:${port}`;
     let gone = null;
     exited.then((e) => { gone = e; });
     try {
@@ -413,7 +419,7 @@ export async function startKvbusd(binary, flags, { extraEnv = {},
                 throw new Error(`kvbusd exited (${JSON.stringify(gone)}) before serving: ${stderr}`);
             }
             try {
-                const r = await httpRequest(url, 'GET', '/healthz');
+                const r = await httpRequest(url, 'GET', '/healthz', { ca });
                 return r.status === 200;
             } catch {
                 return false;

@@ -668,6 +668,16 @@ static void usage__lists_every_key_with_its_env_name_and_default(void **state)
         "--server.ws_queue_bytes",
         "--server.ws_stall_ms",
         "--server.shutdown_grace_ms",
+        "KVBUS_SERVER_MAX_MGET_KEYS; default 10000",
+        "KVBUS_SERVER_MAX_PAGE_KEYS; default 10000",
+        "KVBUS_SERVER_MAX_WS_FRAME_BYTES; default 0",
+        "KVBUS_SERVER_MAX_SUBSCRIPTIONS_PER_CONN; default 256",
+        "KVBUS_SERVER_HEADER_TIMEOUT_MS; default 10000",
+        "KVBUS_SERVER_BODY_TIMEOUT_MS; default 30000",
+        "KVBUS_SERVER_IDLE_TIMEOUT_MS; default 60000",
+        "--server.tls_cert=PATH",
+        "--server.tls_key=PATH",
+        "--server.tls_min_version=1.2|1.3",
         "--server.log_level=error|warn|info|debug",
         "--store.NAME.backend=memory|redis|postgres|mongodb",
         "KVBUS_STORE_<NAME>_OP_TIMEOUT_MS; default 2000",
@@ -696,6 +706,118 @@ static void usage__lists_every_key_with_its_env_name_and_default(void **state)
         if (!strstr(text, expected[i]))
             fail_msg("usage lacks \"%s\"", expected[i]);
     free(text);
+}
+
+/* ------------------------------------------------------------------ */
+/* Hostile-input limits and TLS                                         */
+
+static void limits__no_sources__defaults_as_documented(void **state)
+{
+    fixture *f = *state;
+
+    expect_ok(f, load(f, NULL, NULL));
+    assert_int_equal(f->cfg.limits.max_mget_keys, 10000);
+    assert_int_equal(f->cfg.limits.max_page_keys, 10000);
+    assert_int_equal(f->cfg.max_ws_frame_bytes, 0);
+    assert_int_equal(f->cfg.max_subscriptions_per_conn, 256);
+    assert_int_equal(f->cfg.header_timeout_ms, 10000);
+    assert_int_equal(f->cfg.body_timeout_ms, 30000);
+    assert_int_equal(f->cfg.idle_timeout_ms, 60000);
+    assert_null(f->cfg.tls_cert);
+    assert_null(f->cfg.tls_key);
+    assert_string_equal(f->cfg.tls_min_version, "1.2");
+}
+
+static void limits__every_key_in_file__parsed(void **state)
+{
+    fixture *f = *state;
+
+    expect_ok(f, load_text(f, "[server]\n"
+                              "max_mget_keys = 5\n"
+                              "max_page_keys = 7\n"
+                              "max_ws_frame_bytes = 4096\n"
+                              "max_subscriptions_per_conn = 3\n"
+                              "header_timeout_ms = 1500\n"
+                              "body_timeout_ms = 2500\n"
+                              "idle_timeout_ms = 3500\n"
+                              "tls_min_version = 1.3\n"));
+    assert_int_equal(f->cfg.limits.max_mget_keys, 5);
+    assert_int_equal(f->cfg.limits.max_page_keys, 7);
+    assert_int_equal(f->cfg.max_ws_frame_bytes, 4096);
+    assert_int_equal(f->cfg.max_subscriptions_per_conn, 3);
+    assert_int_equal(f->cfg.header_timeout_ms, 1500);
+    assert_int_equal(f->cfg.body_timeout_ms, 2500);
+    assert_int_equal(f->cfg.idle_timeout_ms, 3500);
+    assert_string_equal(f->cfg.tls_min_version, "1.3");
+}
+
+static void limits__out_of_range__name_line_key_and_range(void **state)
+{
+    fixture *f = *state;
+
+    expect_bad_at(f, 2, load_text(f, "[server]\nmax_mget_keys = 0\n"),
+                  "[server] max_mget_keys", "out of range", "1 to 1000000",
+                  NULL);
+    expect_bad_at(f, 3, load_text(f, "[server]\n\nmax_page_keys = 1000001\n"),
+                  "[server] max_page_keys", "out of range", NULL);
+    expect_bad_at(f, 2,
+                  load_text(f, "[server]\nmax_subscriptions_per_conn = 0\n"),
+                  "[server] max_subscriptions_per_conn", "out of range", NULL);
+    expect_bad_at(f, 2, load_text(f, "[server]\nheader_timeout_ms = 99\n"),
+                  "[server] header_timeout_ms", "out of range",
+                  "100 to 3600000", NULL);
+    expect_bad_at(f, 2, load_text(f, "[server]\nidle_timeout_ms = 10s\n"),
+                  "[server] idle_timeout_ms", "bad number", NULL);
+    expect_bad(f, load(f, ARGV("--server.body_timeout_ms=0"), NULL),
+               "flag --server.body_timeout_ms", "out of range", NULL);
+}
+
+static void tls__bad_min_version__names_the_choices(void **state)
+{
+    fixture *f = *state;
+
+    expect_bad_at(f, 2, load_text(f, "[server]\ntls_min_version = 1.1\n"),
+                  "[server] tls_min_version", "1.2 or 1.3", NULL);
+}
+
+static void tls__cert_without_key__names_both_keys(void **state)
+{
+    fixture *f = *state;
+
+    expect_bad_at(f, 2, load_text(f, "[server]\ntls_cert = /etc/hostname\n"),
+                  "[server] tls_key: missing", "tls_cert needs it", NULL);
+    expect_bad(f, load(f, ARGV("--server.tls_key=/etc/hostname"), NULL),
+               "flag --server.tls_key", "[server] tls_cert: missing",
+               "tls_key needs it", NULL);
+}
+
+static void tls__unreadable_file__names_key_path_and_strerror(void **state)
+{
+    fixture *f = *state;
+
+    expect_bad_at(f, 3,
+                  load_text(f, "[server]\ntls_cert = /etc/hostname\n"
+                               "tls_key = /nonexistent/key.pem\n"),
+                  "[server] tls_key: cannot read /nonexistent/key.pem",
+                  "No such file or directory", NULL);
+    expect_bad(f,
+               load(f, NULL,
+                    ENVP("KVBUS_SERVER_TLS_CERT=/nonexistent/cert.pem",
+                         "KVBUS_SERVER_TLS_KEY=/etc/hostname")),
+               "environment KVBUS_SERVER_TLS_CERT",
+               "[server] tls_cert: cannot read /nonexistent/cert.pem", NULL);
+}
+
+static void tls__both_readable__paths_kept(void **state)
+{
+    fixture *f = *state;
+
+    expect_ok(f, load(f,
+                      ARGV("--server.tls_cert=/etc/hostname",
+                           "--server.tls_key", "/etc/passwd"),
+                      NULL));
+    assert_string_equal(f->cfg.tls_cert, "/etc/hostname");
+    assert_string_equal(f->cfg.tls_key, "/etc/passwd");
 }
 
 /* ------------------------------------------------------------------ */
@@ -1065,6 +1187,13 @@ int main(void)
         T(help__prints_usage__exits),
         T(version__prints_name_and_version),
         T(usage__lists_every_key_with_its_env_name_and_default),
+        T(limits__no_sources__defaults_as_documented),
+        T(limits__every_key_in_file__parsed),
+        T(limits__out_of_range__name_line_key_and_range),
+        T(tls__bad_min_version__names_the_choices),
+        T(tls__cert_without_key__names_both_keys),
+        T(tls__unreadable_file__names_key_path_and_strerror),
+        T(tls__both_readable__paths_kept),
         T(file__unreadable__names_path_and_strerror),
         T(file__syntax_error__names_file_and_line),
         T(file__syntax_error_before_bad_key__reports_first_line),
