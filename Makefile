@@ -42,8 +42,10 @@ PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
            pubsub/ps_origins.c
 PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c
-SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
-           server/srv_metrics.c server/srv_ws.c
+# The application without its main(): kvbusd and the fuzz harnesses link it.
+SRV_APP_SRC = server/srv_app.c server/srv_http.c server/srv_routes.c \
+              server/srv_metrics.c server/srv_ws.c
+SRV_SRC  = server/main.c $(SRV_APP_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 

@@ -2,7 +2,8 @@
  * srv_app.h - what one running kvbusd holds: its loop, configuration,
  * store registry, pub/sub bus, HTTP server and WebSocket hub. One instance per
  * process, passed to every handler through srv_conn_app(); there are no
- * globals, so a process could run one per thread later.
+ * globals, so a process could run one per thread later (the fuzz harnesses
+ * open and close one per input).
  */
 #ifndef SRV_APP_H
 #define SRV_APP_H
@@ -26,6 +27,25 @@ typedef struct srv_app {
     srv_ws_hub *ws;
     uint64_t started_ms; /* wall clock, for uptime */
 } srv_app;
+
+/*
+ * Builds app on loop from cfg (borrowed; must outlive app), as kvbusd runs
+ * it: the store registry with every configured store, the pub/sub bus on
+ * the configured provider, the HTTP server on srv_routes (not listening yet:
+ * call srv_server_listen() on app->http) and the WebSocket hub, with change
+ * notifications wired. Returns 0, or -1 after logging why. Whatever the
+ * result, srv_app_close() frees what was made (srv_app.c).
+ */
+int srv_app_open(srv_app *app, struct uv_loop_s *loop, const srv_config *cfg);
+
+/*
+ * Frees what srv_app_open() made, in the order their callbacks need (the
+ * WebSocket hub and stores, the server, then the bus once no subscriber is
+ * left), running the loop for their close callbacks. Open connections are
+ * aborted; drain them first (srv_server_shutdown) for a graceful stop.
+ * Leaves app zeroed.
+ */
+void srv_app_close(srv_app *app);
 
 /* The route table of kvbusd (srv_routes.c). */
 extern const srv_route srv_routes[];
