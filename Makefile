@@ -113,10 +113,12 @@ FUZZ_APP_SRC = $(KV_SRC) $(MEM_SRC) $(NET_SRC) $(PS_SRC) $(SRV_LIB_SRC) \
                $(SRV_APP_SRC)
 FUZZ_BINS = $(addprefix $(BUILD)/fuzz/fuzz_,http ws request config envelope)
 
-$(BUILD)/fuzz/fuzz_http: $(call obj,tests/fuzz/fuzz_http.c \
-        tests/fuzz/fuzz_net.c $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
-$(BUILD)/fuzz/fuzz_ws: $(call obj,tests/fuzz/fuzz_ws.c \
-        tests/fuzz/fuzz_net.c $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
+FUZZ_NET_SRC = tests/fuzz/fuzz_net.c tests/fuzz/fuzz_backend.c
+
+$(BUILD)/fuzz/fuzz_http: $(call obj,tests/fuzz/fuzz_http.c $(FUZZ_NET_SRC) \
+        $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
+$(BUILD)/fuzz/fuzz_ws: $(call obj,tests/fuzz/fuzz_ws.c $(FUZZ_NET_SRC) \
+        $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
 $(BUILD)/fuzz/fuzz_request: $(call obj,tests/fuzz/fuzz_request.c \
         $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
 $(BUILD)/fuzz/fuzz_config: $(call obj,tests/fuzz/fuzz_config.c \

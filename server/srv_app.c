@@ -128,6 +128,12 @@ static int open_stores(kv_registry *reg, const srv_config *cfg)
 
 int srv_app_open(srv_app *app, uv_loop_t *loop, const srv_config *cfg)
 {
+    return srv_app_open_with(app, loop, cfg, backends);
+}
+
+int srv_app_open_with(srv_app *app, uv_loop_t *loop, const srv_config *cfg,
+                      const struct kv_backend_ops *const *store_backends)
+{
     srv_limits limits;
     srv_ws_limits ws_limits;
 
@@ -135,7 +141,7 @@ int srv_app_open(srv_app *app, uv_loop_t *loop, const srv_config *cfg)
     app->loop = loop;
     app->cfg = cfg;
     app->started_ms = wall_ms();
-    app->reg = kv_registry_new(loop, backends, &cfg->limits);
+    app->reg = kv_registry_new(loop, store_backends, &cfg->limits);
     limits = (srv_limits){
         .max_uri_bytes = cfg->max_uri_bytes,
         .max_header_bytes = cfg->max_header_bytes,

@@ -38,6 +38,12 @@ typedef struct srv_app {
  */
 int srv_app_open(srv_app *app, struct uv_loop_s *loop, const srv_config *cfg);
 
+/* The same with another NULL-terminated table of store backends (borrowed,
+ * must outlive app) instead of kvbusd's; the fuzz harnesses use it. */
+int srv_app_open_with(srv_app *app, struct uv_loop_s *loop,
+                      const srv_config *cfg,
+                      const struct kv_backend_ops *const *store_backends);
+
 /*
  * Frees what srv_app_open() made, in the order their callbacks need (the
  * WebSocket hub and stores, the server, then the bus once no subscriber is

@@ -56,12 +56,12 @@ static char *cfg_argv[] = {
     "fuzz",
     "--server.node_id=fuzz-node",
     "--server.log_level=error",
-    "--server.max_key_bytes=200",
-    "--server.max_value_bytes=4096",
-    "--server.max_uri_bytes=1024",
-    "--server.max_header_bytes=2048",
+    "--server.max_key_bytes=64",
+    "--server.max_value_bytes=1024",
+    "--server.max_uri_bytes=256",
+    "--server.max_header_bytes=1024",
     "--server.max_stores=8",
-    "--server.ws_queue_bytes=2048",
+    "--server.ws_queue_bytes=1024",
     "--store.default.notify=true",
     NULL,
 };
@@ -168,12 +168,19 @@ static void turn_loop(void)
  * Opens the application and listens on port (0 = any free one); returns
  * the port, or 0 after closing the application again.
  */
-static int app_listen(int port)
+static int app_listen(int port, bool late_answers)
 {
+    static const struct kv_backend_ops *const late[] = {
+        &fuzz_late_memory_ops,
+        NULL,
+    };
     char err[SRV_CONFIG_ERR_BYTES];
     int bound = 0;
+    int rc = late_answers
+                 ? srv_app_open_with(&net.app, &net.loop, &net.cfg, late)
+                 : srv_app_open(&net.app, &net.loop, &net.cfg);
 
-    if (srv_app_open(&net.app, &net.loop, &net.cfg) != 0) {
+    if (rc != 0) {
         fprintf(stderr, "fuzz_net: cannot open the application\n");
         abort();
     }
@@ -185,15 +192,15 @@ static int app_listen(int port)
     return bound;
 }
 
-void fuzz_net_begin(void)
+void fuzz_net_begin(bool late_answers)
 {
     static int port; /* kept: binding port 0 gets slow with many TIME_WAITs */
     struct sockaddr_in addr;
     int tries;
 
     uv_loop_init(&net.loop);
-    if (port == 0 || app_listen(port) != port)
-        port = app_listen(0);
+    if (port == 0 || app_listen(port, late_answers) != port)
+        port = app_listen(0, late_answers);
     if (port == 0) {
         fprintf(stderr, "fuzz_net: cannot listen on 127.0.0.1\n");
         abort();
@@ -266,13 +273,25 @@ static bool server_done(void)
 
 void fuzz_net_end(void)
 {
+    uint64_t eof_ms;
+
     if (!net.client_closing &&
         uv_shutdown(&net.shutdown_req, (uv_stream_t *)&net.client,
                     on_client_shutdown) != 0)
         client_close();
     uv_timer_start(&net.deadline, on_deadline, FUZZ_NET_DEADLINE_MS, 0);
+    uv_update_time(&net.loop);
+    eof_ms = uv_now(&net.loop);
     while (!server_done() && !net.timed_out)
         uv_run(&net.loop, UV_RUN_ONCE);
+    if (!net.timed_out && uv_now(&net.loop) - eof_ms >= FUZZ_NET_PROMPT_MS) {
+        fprintf(stderr,
+                "fuzz_net: the server closed the connection %llu ms after "
+                "the client's EOF: it waited for a timer, not for the "
+                "EOF\n",
+                (unsigned long long)(uv_now(&net.loop) - eof_ms));
+        abort();
+    }
     if (net.timed_out) {
         fprintf(
             stderr,

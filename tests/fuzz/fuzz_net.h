@@ -11,7 +11,7 @@
  * and reads every answer until the server closes. The session then checks
  * what must hold whatever the bytes were, and aborts (a libFuzzer crash)
  * when one does not:
- *   - the server closes the connection within FUZZ_NET_DEADLINE_MS of the
+ *   - the server closes the connection within FUZZ_NET_PROMPT_MS of the
  *     client's end of input, and forgets it (connections_open back to 0);
  *   - closing the application leaves no handle on the loop.
  * Memory errors, undefined behaviour and leaks are ASan's, UBSan's and
@@ -22,10 +22,21 @@
 #ifndef FUZZ_NET_H
 #define FUZZ_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+#include "kvstore/kvstore.h"
 
 /* Longest a session waits for the server to close after the client's EOF. */
 #define FUZZ_NET_DEADLINE_MS 10000
+
+/*
+ * The server must close sooner than this after the client's EOF. Nothing
+ * it does then waits for a timer (the EOF ends a lingering connection at
+ * once), so closing later means it missed the EOF; the margin is for a
+ * busy machine, well under the server's 1 s linger.
+ */
+#define FUZZ_NET_PROMPT_MS 400
 
 /*
  * Loads the configuration every session uses: kvbusd's defaults with small
@@ -35,8 +46,12 @@
  */
 void fuzz_net_init(void);
 
-/* Opens the application and connects the client. */
-void fuzz_net_begin(void);
+/*
+ * Opens the application and connects the client. With late_answers, the
+ * stores answer on a later loop turn (fuzz_late_memory_ops) instead of at
+ * once, as network backends do.
+ */
+void fuzz_net_begin(bool late_answers);
 
 /* Writes len bytes to the server as one segment and lets it read them. */
 void fuzz_net_send(const void *p, size_t len);
@@ -44,5 +59,8 @@ void fuzz_net_send(const void *p, size_t len);
 /* Half-closes, reads the answers, waits for the close, checks the
  * invariants above and frees everything. */
 void fuzz_net_end(void);
+
+/* The memory backend answering on the next loop turn (fuzz_backend.c). */
+extern const struct kv_backend_ops fuzz_late_memory_ops;
 
 #endif

@@ -150,7 +150,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n, half;
     bool masked;
 
-    fuzz_net_begin();
+    fuzz_net_begin(false);
     fuzz_net_send(upgrade, sizeof upgrade - 1);
     while (p < end) {
         h = *p++;
