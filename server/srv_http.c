@@ -258,7 +258,7 @@ void srv_respond(srv_conn *c, int status, const char *content_type,
         /* Answered later, from a callback: write now and go on parsing. */
         c->waiting = false;
         conn_flush(c);
-        if (!c->closing && c->pending.len) {
+        if (!c->closing && !c->close_after_write && c->pending.len) {
             srv_buf rest = c->pending;
             c->pending = (srv_buf){0};
             conn_feed(c, rest.data, rest.len);
@@ -562,10 +562,12 @@ static int on_message_complete(http_parser *p)
             break;
         }
     }
-    if (!c->responded) {
+    if (!c->responded)
         c->waiting = true;
+    /* Stop after a pending answer, and after the last request of the
+     * connection: what follows a "close" is never handled (RFC 9112 9.6). */
+    if (c->waiting || c->close_after_write)
         http_parser_pause(p, 1);
-    }
     return 0;
 }
 
@@ -590,11 +592,13 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
 
     if (e == HPE_PAUSED) {
-        /* the pending bytes are fed when the answer comes */
-        if (used < len && !buf_append(&c->pending, data + used, len - used))
+        /* the pending bytes are fed when the answer comes, unless the
+         * connection ends with it; reading goes on for the linger */
+        if (!c->close_after_write && used < len &&
+            !buf_append(&c->pending, data + used, len - used))
             c->close_after_write = true;
         http_parser_pause(&c->parser, 0);
-        if (c->reading) {
+        if (c->waiting && c->reading) {
             uv_read_stop((uv_stream_t *)&c->tcp);
             c->reading = false;
         }
