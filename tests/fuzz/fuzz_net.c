@@ -24,8 +24,8 @@
 #include "server/srv_log.h"
 #include "tests/fuzz/fuzz_net.h"
 
-#define FUZZ_NET_TURNS 3         /* loop turns after each segment */
-#define FUZZ_NET_CONNECT_TRIES 5 /* connect attempts before giving up */
+#define FUZZ_NET_TURNS 3          /* loop turns after each segment */
+#define FUZZ_NET_CONNECT_TRIES 30 /* 3 s: TIME_WAIT ports free after 1 s */
 #define FUZZ_NET_RETRY_DELAY_US 100000
 #define FUZZ_NET_READ_BUF_BYTES 65536
 
