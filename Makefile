@@ -7,6 +7,9 @@
 #   make asan       the sanitizer build in build-asan/
 #   make bench      benchmarks against redis-benchmark in the same run
 #   make format-check   clang-format over the C sources
+#   make fuzz       libFuzzer harnesses (clang, build-fuzz/): replays the kept
+#                   inputs, then fuzzes each target FUZZ_SECONDS (60) seconds;
+#                   `make test` runs it for FUZZ_TEST_SECONDS (15) each
 #
 # User CFLAGS are appended to ours, never replace them.
 
@@ -20,6 +23,10 @@ ifeq ($(MODE),asan)
   OPT = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
         -fno-sanitize-recover=undefined
   LDOPT = -fsanitize=address,undefined
+else ifeq ($(MODE),fuzz)
+  OPT = -O1 -g -fsanitize=fuzzer-no-link,address,undefined \
+        -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDOPT = -fsanitize=fuzzer,address,undefined
 else
   OPT = -O2 -g
   LDOPT =
@@ -43,9 +50,11 @@ PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
 PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c \
               server/srv_auth.c
-SRV_SRC  = server/main.c server/srv_http.c server/srv_routes.c \
-           server/srv_metrics.c server/srv_ws.c server/srv_guard.c \
-           server/srv_tls.c
+# The application without its main(): kvbusd and the fuzz harnesses link it.
+SRV_APP_SRC = server/srv_app.c server/srv_http.c server/srv_routes.c \
+              server/srv_metrics.c server/srv_ws.c server/srv_guard.c \
+              server/srv_tls.c
+SRV_SRC  = server/main.c $(SRV_APP_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 
@@ -56,7 +65,8 @@ UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
              $(BUILD)/tests/test_auth $(BUILD)/tests/test_tls
 
-.PHONY: all run test test-unit test-e2e asan bench deps clean format-check
+.PHONY: all run test test-unit test-e2e asan bench deps clean format-check \
+        fuzz fuzz-build fuzz-bins fuzz-regress
 
 all: $(KVBUSD)
 
@@ -95,6 +105,35 @@ $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
 
+# libFuzzer harnesses (docs/fuzzing.md), built with MODE=fuzz by clang in
+# their own directory whatever CC is. fuzz_envelope includes the Kafka
+# provider's source for its static header decoders, so it links no
+# kafka_pubsub.o of its own.
+FUZZ_CC      ?= clang
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TEST_SECONDS ?= 15
+FUZZ_TARGETS ?= http ws request config envelope
+FUZZ_APP_SRC = $(KV_SRC) $(MEM_SRC) $(NET_SRC) $(PS_SRC) $(SRV_LIB_SRC) \
+               $(SRV_APP_SRC)
+FUZZ_BINS = $(addprefix $(BUILD)/fuzz/fuzz_,http ws request config envelope)
+
+FUZZ_NET_SRC = tests/fuzz/fuzz_net.c tests/fuzz/fuzz_backend.c
+
+$(BUILD)/fuzz/fuzz_http: $(call obj,tests/fuzz/fuzz_http.c $(FUZZ_NET_SRC) \
+        $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
+$(BUILD)/fuzz/fuzz_ws: $(call obj,tests/fuzz/fuzz_ws.c $(FUZZ_NET_SRC) \
+        $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
+$(BUILD)/fuzz/fuzz_request: $(call obj,tests/fuzz/fuzz_request.c \
+        $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
+$(BUILD)/fuzz/fuzz_config: $(call obj,tests/fuzz/fuzz_config.c \
+        server/srv_config.c server/srv_log.c $(KV_SRC))
+$(BUILD)/fuzz/fuzz_envelope: $(call obj,tests/fuzz/fuzz_envelope.c \
+        $(wildcard backends/redis/*.c) $(PS_SRC) $(KV_SRC))
+$(FUZZ_BINS):
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL)
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 deps:
@@ -120,6 +159,7 @@ test-e2e: $(KVBUSD)
 test: deps format-check
 	$(MAKE) MODE=release BUILD=build test-unit test-e2e
 	$(MAKE) MODE=asan BUILD=build-asan test-unit test-e2e
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_TEST_SECONDS)
 
 asan:
 	$(MAKE) MODE=asan BUILD=build-asan all
@@ -127,9 +167,21 @@ asan:
 bench: deps all
 	@KVBUSD=$(abspath $(KVBUSD)) tests/bench/run
 
+fuzz-bins: $(FUZZ_BINS)
+
+fuzz-build: deps
+	$(MAKE) MODE=fuzz BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) fuzz-bins
+
+# Every kept input (tests/fuzz/regressions/, tests/fuzz/corpus/) once.
+fuzz-regress: fuzz-build
+	@tests/fuzz/run regress $(FUZZ_BUILD) 0 $(FUZZ_TARGETS)
+
+fuzz: fuzz-regress
+	@tests/fuzz/run fuzz $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 format-check:
 	@clang-format --dry-run --Werror $(shell git ls-files '*.c' '*.h') \
 	    && echo "format-check: ok"
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(FUZZ_BUILD)

@@ -320,7 +320,7 @@ void srv_respond(srv_conn *c, int status, const char *content_type,
         /* Answered later, from a callback: write now and go on parsing. */
         c->waiting = false;
         conn_flush(c);
-        if (!c->closing && c->pending.len) {
+        if (!c->closing && !c->close_after_write && c->pending.len) {
             srv_buf rest = c->pending;
             c->pending = (srv_buf){0};
             conn_feed(c, rest.data, rest.len);
@@ -633,10 +633,12 @@ static int on_message_complete(http_parser *p)
             break;
         }
     }
-    if (!c->responded) {
+    if (!c->responded)
         c->waiting = true;
+    /* Stop after a pending answer, and after the last request of the
+     * connection: what follows a "close" is never handled (RFC 9112 9.6). */
+    if (c->waiting || c->close_after_write)
         http_parser_pause(p, 1);
-    }
     return 0;
 }
 
@@ -661,11 +663,13 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
 
     if (e == HPE_PAUSED) {
-        /* the pending bytes are fed when the answer comes */
-        if (used < len && !buf_append(&c->pending, data + used, len - used))
+        /* the pending bytes are fed when the answer comes, unless the
+         * connection ends with it; reading goes on for the linger */
+        if (!c->close_after_write && used < len &&
+            !buf_append(&c->pending, data + used, len - used))
             c->close_after_write = true;
         http_parser_pause(&c->parser, 0);
-        if (c->reading) {
+        if (c->waiting && c->reading) {
             uv_read_stop((uv_stream_t *)&c->tcp);
             c->reading = false;
         }
@@ -843,19 +847,16 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 }
 
 /*
- * Ends a connection whose last answer has been written. HTTP connections
+ * Ends a connection whose last answer has been written. Connections
  * half-close and discard what the client still sends for up to
  * SRV_LINGER_MS, so an answer given before the request was fully read
- * (413, 431) is not destroyed by a reset; the peer's EOF closes at once.
+ * (413, 431, a WebSocket close 1009 in the middle of a huge frame) is not
+ * destroyed by a reset; the peer's EOF closes at once.
  */
 static void conn_finish(srv_conn *c)
 {
     if (c->closing || c->lingering)
         return;
-    if (c->proto && !c->tls) {
-        conn_close(c);
-        return;
-    }
     if (c->tls && srv_tls_established(c->tls)) {
         srv_tls_close_notify(c->tls);
         if (conn_write(c) != 0)

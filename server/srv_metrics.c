@@ -34,7 +34,9 @@ static void put(text *t, const char *fmt, ...)
         return;
     for (;;) {
         va_start(ap, fmt);
-        n = vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
+        /* NULL + 0 is undefined in C: the first call measures only. */
+        n = vsnprintf(t->data ? t->data + t->len : NULL, t->cap - t->len, fmt,
+                      ap);
         va_end(ap);
         if (n < 0) {
             t->failed = true;

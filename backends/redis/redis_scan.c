@@ -97,8 +97,11 @@ int redis__cursor_decode(kv_bytes text, redis_cursor *out, kv_err *err)
         goto bad;
     if (!dot)
         return 0;
+    /* measured before forming dot2: a pointer past end is undefined */
+    if ((size_t)(end - dot) <= 1 + REDIS_CURSOR_HASH_HEX)
+        goto bad;
     dot2 = dot + 1 + REDIS_CURSOR_HASH_HEX;
-    if (dot2 >= end || *dot2 != '.')
+    if (*dot2 != '.')
         goto bad;
     for (i = 0; i < REDIS_CURSOR_HASH_HEX; i++) {
         int h = hex_digit(dot[1 + i]);
