@@ -51,9 +51,10 @@ PS_LINK ?= $(PS_SRC)
 SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c \
               server/srv_auth.c
 # The application without its main(): kvbusd and the fuzz harnesses link it.
-SRV_APP_SRC = server/srv_app.c server/srv_http.c server/srv_routes.c \
-              server/srv_metrics.c server/srv_ws.c server/srv_guard.c \
-              server/srv_tls.c
+SRV_APP_SRC = server/srv_app.c server/srv_http.c server/srv_response.c \
+              server/srv_conn.c server/srv_phase.c server/srv_server.c \
+              server/srv_routes.c server/srv_metrics.c server/srv_ws.c \
+              server/srv_guard.c server/srv_tls.c
 SRV_SRC  = server/main.c $(SRV_APP_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
