@@ -48,12 +48,14 @@ NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c \
 PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
            pubsub/ps_origins.c
 PS_LINK ?= $(PS_SRC)
-SRV_LIB_SRC = server/srv_config.c server/srv_request.c server/srv_log.c \
+SRV_CONFIG_SRC = server/srv_config.c server/srv_config_keys.c
+SRV_LIB_SRC = $(SRV_CONFIG_SRC) server/srv_request.c server/srv_log.c \
               server/srv_auth.c
 # The application without its main(): kvbusd and the fuzz harnesses link it.
-SRV_APP_SRC = server/srv_app.c server/srv_http.c server/srv_routes.c \
-              server/srv_metrics.c server/srv_ws.c server/srv_guard.c \
-              server/srv_tls.c
+SRV_APP_SRC = server/srv_app.c server/srv_http.c server/srv_response.c \
+              server/srv_conn.c server/srv_phase.c server/srv_server.c \
+              server/srv_routes.c server/srv_metrics.c server/srv_ws.c \
+              server/srv_guard.c server/srv_tls.c
 SRV_SRC  = server/main.c $(SRV_APP_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
@@ -93,7 +95,7 @@ $(KVBUSD): $(call obj,$(KV_SRC) $(MEM_SRC) $(NET_SRC) $(PS_LINK) $(SRV_LIB_SRC) 
 # One cmocka binary per module, linking only that module and what it needs.
 $(BUILD)/tests/test_kvstore: $(call obj,tests/unit/test_kvstore.c $(KV_SRC) $(MEM_SRC))
 $(BUILD)/tests/test_memory: $(call obj,tests/unit/test_memory.c $(KV_SRC) $(MEM_SRC))
-$(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c server/srv_config.c server/srv_log.c $(KV_SRC))
+$(BUILD)/tests/test_config: $(call obj,tests/unit/test_config.c $(SRV_CONFIG_SRC) server/srv_log.c $(KV_SRC))
 $(BUILD)/tests/test_request: $(call obj,tests/unit/test_request.c server/srv_request.c $(KV_SRC))
 $(BUILD)/tests/test_auth: $(call obj,tests/unit/test_auth.c server/srv_auth.c)
 $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstore/kv_value.c)
@@ -127,7 +129,7 @@ $(BUILD)/fuzz/fuzz_ws: $(call obj,tests/fuzz/fuzz_ws.c $(FUZZ_NET_SRC) \
 $(BUILD)/fuzz/fuzz_request: $(call obj,tests/fuzz/fuzz_request.c \
         $(FUZZ_APP_SRC)) $(DASH_GEN:.c=.o)
 $(BUILD)/fuzz/fuzz_config: $(call obj,tests/fuzz/fuzz_config.c \
-        server/srv_config.c server/srv_log.c $(KV_SRC))
+        $(SRV_CONFIG_SRC) server/srv_log.c $(KV_SRC))
 $(BUILD)/fuzz/fuzz_envelope: $(call obj,tests/fuzz/fuzz_envelope.c \
         $(wildcard backends/redis/*.c) $(PS_SRC) $(KV_SRC))
 $(FUZZ_BINS):

@@ -5,7 +5,7 @@
  * decodes its store and key, turns the request into one kv_req and calls
  * kv_store_call(); the completion callback writes the answer, either at once
  * (memory) or later (network backends). The connection is the callback's
- * user data: it lives until the answer is given (srv_http.c).
+ * user data: it lives until the answer is given (srv_conn.c).
  *
  * Runs on: the event loop thread.
  */

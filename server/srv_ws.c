@@ -40,6 +40,9 @@
 #define WS_HARD_FRAME_FACTOR 4   /* frames past limit*4 fail the conn */
 #define WS_CLOSE_POLICY 1008
 #define WS_CLOSE_GOING_AWAY 1001
+#define WS_CLOSE_PROTOCOL_ERROR 1002
+#define WS_CLOSE_HEADER_BYTES 2 /* FIN, opcode, unmasked length < 126 */
+#define WS_CLOSE_STATUS_BYTES 2 /* the code before a close reason */
 
 typedef struct ws_conn ws_conn;
 
@@ -270,6 +273,36 @@ static void ws_close(ws_conn *w, uint16_t code, const char *reason)
     wslay_event_queue_close(w->ws, code, (const uint8_t *)reason,
                             strlen(reason));
     wslay_event_send(w->ws);
+    srv_conn_close_after_write(w->conn);
+}
+
+/*
+ * Closes with 1002 once wslay_event_recv() has failed. When the error is in
+ * a frame header (a control frame longer than 125 bytes or fragmented, a
+ * length not in its shortest form: 0xff 0xff is one), wslay has queued a
+ * close frame with no status code before returning, and ws_close() could
+ * then queue nothing. wslay writes only in wslay_event_send(), so that
+ * frame has not left: wslay's output is stopped instead and the close
+ * frame with 1002 is written here. Every frame wslay wrote before is
+ * whole, since on_ws_send() takes all the bytes it is given.
+ */
+static void ws_protocol_error(ws_conn *w)
+{
+    static const char reason[] = "protocol error";
+    uint8_t frame[WS_CLOSE_HEADER_BYTES + WS_CLOSE_STATUS_BYTES +
+                  sizeof reason - 1];
+
+    if (w->close_deadline || wslay_event_get_close_sent(w->ws))
+        return;
+    wslay_event_shutdown_write(w->ws);
+    frame[0] = 0x80 | WSLAY_CONNECTION_CLOSE; /* FIN; a server never masks */
+    frame[1] = WS_CLOSE_STATUS_BYTES + sizeof reason - 1;
+    frame[2] = WS_CLOSE_PROTOCOL_ERROR >> 8;
+    frame[3] = WS_CLOSE_PROTOCOL_ERROR & 0xff;
+    memcpy(frame + WS_CLOSE_HEADER_BYTES + WS_CLOSE_STATUS_BYTES, reason,
+           sizeof reason - 1);
+    w->close_deadline = now_ms() + WS_CLOSE_GRACE_MS;
+    srv_conn_send(w->conn, frame, sizeof frame);
     srv_conn_close_after_write(w->conn);
 }
 
@@ -650,7 +683,7 @@ static void on_conn_data(void *ud, const char *data, size_t len)
     w->in = data;
     w->in_len = len;
     if (wslay_event_recv(w->ws) != 0) {
-        ws_close(w, 1002, "protocol error");
+        ws_protocol_error(w);
         return;
     }
     wslay_event_send(w->ws); /* pongs and the close reply wslay queued */

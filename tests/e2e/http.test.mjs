@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import {
     BACKEND, request, text, json, uniqueStore, kvPath, put, get,
     assertJsonError, rawExchange, rawRequest, parseResponses, connectRaw,
-    RAW_READY,
+    RAW_READY, HOST, PORT,
 } from './lib.mjs';
 
 /* Sends raw bytes and returns the first parsed response (asserts one). */
@@ -198,6 +198,38 @@ describe('connections', () => {
         assert.equal(res.status, 200);
         assert.ok(closed, 'server closed the connection');
     });
+
+    // RFC 9112 9.6: a server that answers "close" must not process the
+    // requests that follow on the connection. Each case pipelines, in one
+    // write, a last request, a PUT and a GET: exactly one answer comes
+    // back, the server closes, and the PUT was never run.
+    const lastRequests = [
+        ['Connection: close',
+            rawRequest('GET', '/healthz', { headers: { Connection: 'close' } })],
+        ['HTTP/1.0 without keep-alive',
+            Buffer.from(`GET /healthz HTTP/1.0\r\nHost: ${HOST}:${PORT}\r\n\r\n`,
+                'latin1')],
+    ];
+    for (const [label, last] of lastRequests) {
+        test(`requests pipelined after ${label} are not answered`,
+            async () => {
+                const s = uniqueStore('afterclose');
+                const { data, closed } = await rawExchange(Buffer.concat([
+                    last,
+                    rawRequest('PUT', kvPath(s, 'after'), { body: 'no' }),
+                    rawRequest('GET', '/healthz'),
+                ]), { timeoutMs: 3000 });
+                assert.ok(closed, `${label}: the server closed the connection`);
+                const got = parseResponses(data);
+                assert.equal(got.length, 1,
+                    `${label}: answers ${JSON.stringify(got.map((r) => r.status))}`);
+                assert.equal(got[0].status, 200, `${label}: the answer to /healthz`);
+                assert.match(got[0].headers.connection ?? '', /^close$/i,
+                    `${label}: the answer says Connection: close`);
+                assert.equal((await get(s, 'after')).status, 404,
+                    `${label}: the pipelined PUT was not run`);
+            });
+    }
 
     test('a chunked request body is stored whole', async () => {
         const s = uniqueStore('chunked');

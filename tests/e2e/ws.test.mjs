@@ -15,7 +15,7 @@
 // from one node reach a subscriber in publish order, so once the marker is
 // in, anything published before it would be too.
 
-import { describe, test, after } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import path from 'node:path';
@@ -833,6 +833,65 @@ describe('closing', () => {
         const { code } = await withTimeout(c.closed, 5000, 'close on SIGTERM');
         assert.equal(code, 1001);
         assert.deepEqual(await exit, { code: 0, signal: null });
+    });
+});
+
+// Framing errors, each sent as raw bytes after the handshake. wslay finds
+// some in the frame header (a control frame longer than 125 bytes or
+// fragmented, a length not in its shortest form) and others once the
+// header is read (reserved bits, a reserved opcode, an unmasked client
+// frame); every one must be answered with a close frame carrying 1002.
+// The kvbusd is a private plain one, since the raw client speaks plain TCP.
+describe('protocol errors', () => {
+    let srv;
+    before(async () => {
+        srv = await startKvbusd(KVBUSD, ['--server.log_level=error']);
+    });
+    after(() => srv?.stop());
+
+    const MASK = [0x11, 0x22, 0x33, 0x44];
+    // [label, bytes sent after the handshake]
+    const cases = [
+        ['bytes 0xff 0xff', [0xff, 0xff]],
+        ['a ping with a 126 length', [0x89, 0x80 | 126, 0x00, 0x7e, ...MASK]],
+        ['a close with a 127 length', [0x88, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 0x80, ...MASK]],
+        ['a fragmented ping (FIN clear)', [0x09, 0x80, ...MASK]],
+        ['a 16-bit length under 126', [0x81, 0x80 | 126, 0x00, 0x05, ...MASK, 1, 2, 3, 4, 5]],
+        ['a 64-bit length under 65536', [0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 0x05, ...MASK, 1, 2, 3, 4, 5]],
+        ['reserved bits set', [0xc1, 0x80, ...MASK]],
+        ['a reserved data opcode', [0x83, 0x80, ...MASK]],
+        ['an unmasked client frame', [0x81, 0x00]],
+    ];
+
+    for (const [label, bytes] of cases) {
+        test(`${label} is answered with close 1002, then the socket closes`,
+            async () => {
+                const { sock, rest } = await rawWsConnect({ host: '127.0.0.1', port: srv.port });
+                const chunks = [rest];
+                const ended = new Promise((resolve) => {
+                    sock.on('close', () => resolve(Buffer.concat(chunks)));
+                });
+                sock.on('data', (c) => chunks.push(c));
+                sock.on('error', () => {}); // a reset still ends in 'close'
+                sock.resume();
+                sock.write(Buffer.from(bytes));
+                const raw = await withTimeout(ended, 5000, `the close after ${label}`);
+                const { frames, rest: tail } = parseServerFrames(raw);
+                assert.equal(frames.length, 1, `${label}: frames ${JSON.stringify(frames)}`);
+                assert.equal(tail.length, 0, `${label}: bytes after the frames`);
+                const [f] = frames;
+                assert.equal(f.opcode, OP_CLOSE, `${label}: not a close frame`);
+                assert.equal(f.masked, false, `${label}: masked server frame`);
+                assert.ok(f.payload.length >= 2,
+                    `${label}: close frame without a status code`);
+                assert.equal(f.payload.readUInt16BE(0), 1002, label);
+            });
+    }
+
+    test('the server still serves WebSocket clients after them', async () => {
+        const c = await WsClient.open(srv.url.replace(/^http/, 'ws') + '/v1/ws');
+        await assertUsable(c, 'the protocol errors');
+        await c.close();
     });
 });
 

@@ -1,8 +1,8 @@
 /*
  * fuzz_http.c - libFuzzer harness of kvbusd's HTTP server: srv_http.c's
- * parsing, limits, pipelining and response writing, the route table and
- * every handler of srv_routes.c on the memory backend, with the real
- * application around them (fuzz_net.h).
+ * parsing, limits and pipelining, srv_response.c's response writing, the
+ * route table and every handler of srv_routes.c on the memory backend, with
+ * the real application around them (fuzz_net.h).
  *
  * An input is the raw byte stream a client sends on one connection, so a
  * corpus file is readable HTTP (`nc 127.0.0.1 7400 < file` replays it on a

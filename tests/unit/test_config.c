@@ -1,9 +1,9 @@
 /*
  * test_config.c - unit tests of kvbusd's configuration loader
- * (server/srv_config.c): defaults, the INI file, KVBUS_* environment
- * variables and flags, their precedence, and the one-line error for each
- * kind of bad configuration. Files are written with mkstemp in /tmp; nothing
- * else outside the process is touched.
+ * (server/srv_config.c, server/srv_config_keys.c): defaults, the INI file,
+ * KVBUS_* environment variables and flags, their precedence, and the
+ * one-line error for each kind of bad configuration. Files are written with
+ * mkstemp in /tmp; nothing else outside the process is touched.
  */
 #include <fcntl.h>
 #include <setjmp.h>
