@@ -13,7 +13,8 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq rdkafka
+PKGS      = libuv jansson inih libxxhash libcrypto hiredis libpq rdkafka \
+            libmongoc-1.0
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -37,7 +38,7 @@ MEM_SRC  = backends/memory/mem_kv.c
 # Network backends: every .c in their folders (tests/unit/test_<name>.c
 # links them with the kvstore core).
 NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c \
-                      backends/kafka/*.c)
+                      backends/kafka/*.c backends/mongodb/*.c)
 PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
            pubsub/ps_origins.c
 PS_LINK ?= $(PS_SRC)
@@ -51,7 +52,8 @@ KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
-             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka
+             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
+             $(BUILD)/tests/test_mongodb
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -86,6 +88,7 @@ $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstor
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)
 $(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
+$(BUILD)/tests/test_mongodb: $(call obj,tests/unit/test_mongodb.c $(KV_SRC) $(wildcard backends/mongodb/*.c))
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
@@ -102,7 +105,7 @@ test-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
 # The conformance suite runs once per backend, each against its own server.
-E2E_BACKENDS ?= memory redis postgres
+E2E_BACKENDS ?= memory redis postgres mongodb
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \
 	    tests/e2e/run
