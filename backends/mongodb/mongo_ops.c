@@ -21,7 +21,9 @@
  *   {_id, v: e, live}. e is typed as a stored value would be, so the
  *   comparison is by the same bytes.
  * - incr: find {_id, live}; an Int64 v (checked for overflow here) gets
- *   findAndModify {_id, v: that value, live} with $inc, so the TTL stays;
+ *   findAndModify {_id, v: that value, live} with $inc, so the TTL stays
+ *   (a string holding canonical decimal text, as Nuxeo may write, gets
+ *   $set of the sum as an Int64 under the same filter);
  *   no live document: replace {_id, ttl <= now} with {v: delta}, upsert
  *   (a missing or expired key counts as 0 and gets no TTL). When the
  *   second step matches nothing or hits a duplicate key, the key changed
@@ -405,23 +407,36 @@ out:
 
 /* What incr found under the key. */
 struct incr_state {
-    bool seen;    /* a live document */
-    bool integer; /* its v is an Int64 (or an Int32 of another writer) */
+    bool seen;     /* a live document */
+    bool integer;  /* its value is a 64-bit integer */
+    bool int_type; /* stored as Int64 (or Int32): $inc; else text: $set */
     int64_t value;
+    bson_t *doc; /* the document, to filter on v exactly as it is */
 };
 
+/* Takes the live document: an Int64 or Int32 v is an integer, and so is a
+ * string or binary v holding canonical decimal text (what Nuxeo writes
+ * through put(key, "42"); kvbus itself stores those as Int64). */
 static bool incr_doc(struct mongo_call *c, const bson_t *doc, void *ud)
 {
     struct incr_state *st = ud;
+    char num[KV_INT_TEXT_MAX + 1];
     bson_iter_t it;
+    kv_bytes v;
 
-    (void)c;
     st->seen = true;
-    if (bson_iter_init_find(&it, doc, MONGO_F_VALUE) &&
-        (BSON_ITER_HOLDS_INT64(&it) || BSON_ITER_HOLDS_INT32(&it))) {
-        st->integer = true;
+    if (!bson_iter_init_find(&it, doc, MONGO_F_VALUE))
+        return false;
+    if (BSON_ITER_HOLDS_INT64(&it) || BSON_ITER_HOLDS_INT32(&it)) {
+        st->integer = st->int_type = true;
         st->value = bson_iter_as_int64(&it);
+    } else if ((BSON_ITER_HOLDS_UTF8(&it) || BSON_ITER_HOLDS_BINARY(&it)) &&
+               mongo_read_value(&it, num, &v, c->key, NULL) == 0 &&
+               kv_parse_int64(v, &st->value) == 0) {
+        st->integer = true;
     }
+    if (st->integer && !(st->doc = bson_copy(doc)))
+        fail_nomem(c);
     return false;
 }
 
@@ -445,24 +460,32 @@ static bool incr_read(struct mongo_call *c, mongoc_collection_t *coll,
 }
 
 /*
- * $inc of the live document whose v still is `was`. Returns 1 with
- * c->reply.number set, 0 when it changed meanwhile, -1 on error.
+ * Adds delta to the live document whose v is still the one st read: $inc
+ * of an Int64, $set of the sum as an Int64 over canonical text. Returns 1
+ * with c->reply.number set, 0 when it changed meanwhile, -1 on error.
  */
 static int incr_in_place(struct mongo_call *c, mongoc_collection_t *coll,
-                         int64_t now, int64_t was)
+                         int64_t now, const struct incr_state *st)
 {
     mongoc_find_and_modify_opts_t *opts = mongoc_find_and_modify_opts_new();
     bson_t query = BSON_INITIALIZER, update = BSON_INITIALIZER, fields, reply;
-    bson_t inc;
+    bson_t op;
     bson_iter_t it, v;
     bson_error_t error;
+    int64_t sum = st->value + c->delta; /* the caller checked the range */
     int rc = 0;
 
     filter_live(&query, c->key, now);
-    BSON_APPEND_INT64(&query, MONGO_F_VALUE, was);
-    BSON_APPEND_DOCUMENT_BEGIN(&update, "$inc", &inc);
-    BSON_APPEND_INT64(&inc, MONGO_F_VALUE, c->delta);
-    bson_append_document_end(&update, &inc);
+    if (bson_iter_init_find(&it, st->doc, MONGO_F_VALUE))
+        bson_append_iter(&query, MONGO_F_VALUE, -1, &it);
+    if (st->int_type) {
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$inc", &op);
+        BSON_APPEND_INT64(&op, MONGO_F_VALUE, c->delta);
+    } else {
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &op);
+        BSON_APPEND_INT64(&op, MONGO_F_VALUE, sum);
+    }
+    bson_append_document_end(&update, &op);
     bson_init(&fields);
     BSON_APPEND_INT32(&fields, MONGO_F_VALUE, 1);
     mongoc_find_and_modify_opts_set_update(opts, &update);
@@ -476,12 +499,11 @@ static int incr_in_place(struct mongo_call *c, mongoc_collection_t *coll,
     } else if (bson_iter_init_find(&it, &reply, "value") &&
                BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &v) &&
                bson_iter_find(&v, MONGO_F_VALUE)) {
-        if (BSON_ITER_HOLDS_INT64(&v) &&
-            bson_iter_int64(&v) == was + c->delta) {
-            c->reply.number = bson_iter_int64(&v);
+        if (BSON_ITER_HOLDS_INT64(&v) && bson_iter_int64(&v) == sum) {
+            c->reply.number = sum;
             rc = 1;
         } else {
-            fail_code(c, KV_EUNAVAIL, "unexpected answer to $inc");
+            fail_code(c, KV_EUNAVAIL, "unexpected answer to an increment");
             rc = -1;
         }
     }
@@ -536,20 +558,22 @@ static void op_incr(struct mongo_call *c, mongoc_collection_t *coll)
     for (attempt = 0; attempt < MONGO_INCR_ATTEMPTS; attempt++) {
         now = wall_ms();
         st = (struct incr_state){0};
-        if (!incr_read(c, coll, now, &st))
-            return;
-        if (!st.seen) {
+        if (!incr_read(c, coll, now, &st)) {
+            rc = -1;
+        } else if (!st.seen) {
             rc = incr_create(c, coll, now);
         } else if (!st.integer) {
             fail_code(c, KV_ENOTINT, "value is not a 64-bit decimal integer");
-            return;
+            rc = -1;
         } else if ((c->delta > 0 && st.value > INT64_MAX - c->delta) ||
                    (c->delta < 0 && st.value < INT64_MIN - c->delta)) {
             fail_code(c, KV_EOVERFLOW, "the sum overflows a 64-bit integer");
-            return;
+            rc = -1;
         } else {
-            rc = incr_in_place(c, coll, now, st.value);
+            rc = incr_in_place(c, coll, now, &st);
         }
+        if (st.doc)
+            bson_destroy(st.doc);
         if (rc != 0)
             return;
     }

@@ -473,6 +473,7 @@ if (BACKEND !== 'mongodb') {
                     { _id: 'plain', v: 'kvbus' },
                     { _id: 'bin', v: new Binary(bin) },
                     { _id: 'five', v: Long.fromNumber(5) },
+                    { _id: 'txt41', v: '41', ttl: later },
                 ],
             });
             const g = await get(s, 'k');
@@ -500,8 +501,16 @@ if (BACKEND !== 'mongodb') {
             assert.equal(dn.v.toString(), '42');
             assertDateIn(dn.ttl, TTL_N, 'TTL of the counter after incr');
 
+            // Canonical decimal text stored as a string (Nuxeo's
+            // put(key, "41")) counts too, and becomes an Int64.
+            assert.equal(text(await incr(s, 'txt41', 1)), '42');
+            const [dt] = await mc.find(addr.db, coll, { _id: 'txt41' });
+            assert.equal(bsonType(dt.v), 'Long');
+            assert.equal(dt.v.toString(), '42');
+            assertDateIn(dt.ttl, TTL_N, 'TTL of the text counter after incr');
+
             const { keys } = await listAllKeys(s, { limit: 2 });
-            assert.deepEqual(keys.sort(), ['bin', 'five', 'k', 'n', 'plain']);
+            assert.deepEqual(keys.sort(), ['bin', 'five', 'k', 'n', 'plain', 'txt41']);
         });
 
         test('an expired document is absent at once, everywhere', async () => {
