@@ -50,6 +50,30 @@ bool mongo_append_value(bson_t *doc, const char *field, kv_bytes value)
                               (const uint8_t *)value.ptr, (uint32_t)value.len);
 }
 
+bool mongo_append_value_match(bson_t *doc, const char *field, kv_bytes value)
+{
+    bson_t cond, in;
+    mongo_vtype type = mongo_classify(value, NULL);
+    bool ok;
+
+    if (value.len > INT32_MAX)
+        return false;
+    ok = BSON_APPEND_DOCUMENT_BEGIN(doc, field, &cond) &&
+         BSON_APPEND_ARRAY_BEGIN(&cond, "$in", &in) &&
+         mongo_append_value(&in, "0", value);
+    if (ok && type == MONGO_V_INT64)
+        ok =
+            bson_append_utf8(&in, "1", -1, value.ptr, (int)value.len) &&
+            bson_append_binary(&in, "2", -1, BSON_SUBTYPE_BINARY,
+                               (const uint8_t *)value.ptr, (uint32_t)value.len);
+    else if (ok && type == MONGO_V_STRING)
+        ok = bson_append_binary(&in, "1", -1, BSON_SUBTYPE_BINARY,
+                                (const uint8_t *)(value.len ? value.ptr : ""),
+                                (uint32_t)value.len);
+    return ok && bson_append_array_end(&cond, &in) &&
+           bson_append_document_end(doc, &cond);
+}
+
 int mongo_read_value(const bson_iter_t *it, char *num, kv_bytes *out,
                      kv_bytes key, kv_err *err)
 {

@@ -69,6 +69,15 @@ mongo_vtype mongo_classify(kv_bytes value, int64_t *num);
 bool mongo_append_value(bson_t *doc, const char *field, kv_bytes value);
 
 /*
+ * Appends {field: {$in: [...]}} matching every way the bytes of value may
+ * be stored: its own type first, then, for canonical integer text, the
+ * same text as a string and as binary, and for other UTF-8, as binary
+ * (written so by another client), so a comparison is by the bytes a read
+ * returns. False when the document would grow past BSON's limits.
+ */
+bool mongo_append_value_match(bson_t *doc, const char *field, kv_bytes value);
+
+/*
  * The value bytes of a `v` element: a string's bytes and a binary's as
  * they are (borrowed from the document), an Int64 or Int32 as decimal
  * text written into num (KV_INT_TEXT_MAX + 1 bytes). Returns 0, or

@@ -18,8 +18,9 @@
  * - cas: absent->absent: find {_id, live}; absent->v: replace {_id,
  *   ttl <= now} with upsert, a duplicate key error meaning the key is live
  *   (not swapped); e->v: replace {_id, v: e, live}; e->absent: delete
- *   {_id, v: e, live}. e is typed as a stored value would be, so the
- *   comparison is by the same bytes.
+ *   {_id, v: e, live}. "v: e" is {$in: [...]} of every form the bytes of e
+ *   can be stored in (Int64 5, "5", binary "5"), so the comparison is by
+ *   the bytes a read returns, whoever wrote the document.
  * - incr: find {_id, live}; an Int64 v (checked for overflow here) gets
  *   findAndModify {_id, v: that value, live} with $inc, so the TTL stays
  *   (a string holding canonical decimal text, as Nuxeo may write, gets
@@ -392,7 +393,10 @@ static void op_cas(struct mongo_call *c, mongoc_collection_t *coll, int64_t now)
         goto out;
     }
     filter_live(&filter, c->key, now);
-    mongo_append_value(&filter, MONGO_F_VALUE, c->expected);
+    if (!mongo_append_value_match(&filter, MONGO_F_VALUE, c->expected)) {
+        fail_code(c, KV_ETOOBIG, "expected value does not fit in BSON");
+        goto out;
+    }
     if (!c->has_value) {
         delete_found(c, coll, &filter);
     } else if (replace(coll, &filter, &doc, false, &matched, &error)) {

@@ -474,6 +474,8 @@ if (BACKEND !== 'mongodb') {
                     { _id: 'bin', v: new Binary(bin) },
                     { _id: 'five', v: Long.fromNumber(5) },
                     { _id: 'txt41', v: '41', ttl: later },
+                    { _id: 'str5', v: '5' },
+                    { _id: 'bin5', v: new Binary(Buffer.from('5')) },
                 ],
             });
             const g = await get(s, 'k');
@@ -494,6 +496,14 @@ if (BACKEND !== 'mongodb') {
             assert.equal(bsonType(d5.v), 'Long');
             assert.equal(d5.v.toString(), '6');
 
+            // The same bytes stored as a string or as binary compare equal
+            // too (SPEC 5: CAS compares bytes).
+            assert.equal((await get(s, 'str5')).headers.etag, etag5);
+            assert.equal((await put(s, 'str5', 'x', { headers: { 'if-match': etag5 } })).status, 204);
+            assert.equal((await put(s, 'bin5', 'y', { headers: { 'if-match': etag5 } })).status, 204);
+            assert.equal(text(await get(s, 'bin5')), 'y');
+            assert.equal((await del(s, 'str5', { 'if-match': (await get(s, 'str5')).headers.etag })).status, 204);
+
             const n = await incr(s, 'n', 1);
             assert.equal(n.status, 200);
             assert.equal(text(n), '42');
@@ -510,7 +520,7 @@ if (BACKEND !== 'mongodb') {
             assertDateIn(dt.ttl, TTL_N, 'TTL of the text counter after incr');
 
             const { keys } = await listAllKeys(s, { limit: 2 });
-            assert.deepEqual(keys.sort(), ['bin', 'five', 'k', 'n', 'plain', 'txt41']);
+            assert.deepEqual(keys.sort(), ['bin', 'bin5', 'five', 'k', 'n', 'plain', 'txt41']);
         });
 
         test('an expired document is absent at once, everywhere', async () => {

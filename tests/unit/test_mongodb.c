@@ -234,6 +234,49 @@ TEST(read_value__types_kvbus_never_writes__are_invalid)
     bson_destroy(&doc);
 }
 
+/* The BSON types of the $in array of {v: {$in: [...]}} built for value;
+ * returns how many, each element's bytes checked equal to value. */
+static size_t match_types(kv_bytes value, bson_type_t *types, size_t cap)
+{
+    bson_t doc = BSON_INITIALIZER;
+    char num[KV_INT_TEXT_MAX + 1];
+    bson_iter_t it, cond, in;
+    kv_bytes out;
+    size_t n = 0;
+
+    assert_true(mongo_append_value_match(&doc, MONGO_F_VALUE, value));
+    assert_true(bson_iter_init_find(&it, &doc, MONGO_F_VALUE));
+    assert_true(bson_iter_recurse(&it, &cond));
+    assert_true(bson_iter_find(&cond, "$in"));
+    assert_true(BSON_ITER_HOLDS_ARRAY(&cond));
+    assert_true(bson_iter_recurse(&cond, &in));
+    while (bson_iter_next(&in) && n < cap) {
+        types[n++] = bson_iter_type(&in);
+        assert_int_equal(mongo_read_value(&in, num, &out, b("k"), NULL), 0);
+        assert_int_equal(out.len, value.len);
+        if (value.len)
+            assert_memory_equal(out.ptr, value.ptr, value.len);
+    }
+    bson_destroy(&doc);
+    return n;
+}
+
+TEST(value_match__covers_every_form_the_same_bytes_can_be_stored_in)
+{
+    bson_type_t t[4];
+
+    assert_int_equal(match_types(b("5"), t, 4), 3);
+    assert_int_equal(t[0], BSON_TYPE_INT64);
+    assert_int_equal(t[1], BSON_TYPE_UTF8);
+    assert_int_equal(t[2], BSON_TYPE_BINARY);
+    assert_int_equal(match_types(b("05"), t, 4), 2);
+    assert_int_equal(t[0], BSON_TYPE_UTF8);
+    assert_int_equal(t[1], BSON_TYPE_BINARY);
+    assert_int_equal(match_types(b(""), t, 4), 2);
+    assert_int_equal(match_types((kv_bytes){"\xff\0", 2}, t, 4), 1);
+    assert_int_equal(t[0], BSON_TYPE_BINARY);
+}
+
 /* ------------------------------------------------------------------ */
 /* Prefix regex                                                         */
 
@@ -890,6 +933,8 @@ int main(void)
         cmocka_unit_test(
             read_value__int32_of_another_writer__reads_as_decimal_text),
         cmocka_unit_test(read_value__types_kvbus_never_writes__are_invalid),
+        cmocka_unit_test(
+            value_match__covers_every_form_the_same_bytes_can_be_stored_in),
         cmocka_unit_test(regex_prefix__escapes_every_metacharacter),
         cmocka_unit_test(regex_prefix__leaves_other_characters_alone),
         cmocka_unit_test(regex_prefix__output_fits_twice_the_prefix_plus_two),
