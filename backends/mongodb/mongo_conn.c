@@ -441,9 +441,13 @@ static void on_deadline(uv_timer_t *t)
     char why[96];
 
     while ((j = p->pending.head) != NULL && j->deadline_ms <= now) {
-        kv_err_set(&err, KV_ETIMEDOUT,
-                   "store %s: MongoDB at %s did not answer within %u ms",
-                   jstore(j), p->where, p->timeout_ms);
+        if (j->is_ping)
+            kv_err_set(&err, KV_ETIMEDOUT, "no answer to a ping within %u ms",
+                       p->timeout_ms);
+        else
+            kv_err_set(&err, KV_ETIMEDOUT,
+                       "store %s: MongoDB at %s did not answer within %u ms",
+                       jstore(j), p->where, p->timeout_ms);
         if (j->state == MONGO_JOB_RUNNING) {
             snprintf(why, sizeof why, "no answer within %u ms", p->timeout_ms);
             if (!j->is_ping)
