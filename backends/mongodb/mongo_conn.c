@@ -748,11 +748,12 @@ void mongo_pool_release(mongo_pool *p)
     }
     pthread_mutex_unlock(&pools_lock);
 
+    /* Closing first: a callback run below cannot submit anything new. */
+    p->closing = true;
     kv_err_set(&err, KV_EUNAVAIL, "MongoDB at %s: the store is closing",
                p->where);
     while (p->pending.head)
         job_finish(p->pending.head, KV_EUNAVAIL, &err);
-    p->closing = true;
     uv_timer_stop(&p->deadline);
     uv_timer_stop(&p->ping);
     uv_close((uv_handle_t *)&p->deadline, pool_handle_closed);
