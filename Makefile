@@ -52,8 +52,7 @@ KVBUSD   = $(BUILD)/kvbusd
 UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
-             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
-             $(BUILD)/tests/test_mongodb
+             $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check
 
@@ -88,6 +87,7 @@ $(BUILD)/tests/test_pubsub: $(call obj,tests/unit/test_pubsub.c $(PS_SRC) kvstor
 $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(wildcard backends/postgres/*.c))
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)
 $(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
+UNIT_TESTS += $(BUILD)/tests/test_mongodb
 $(BUILD)/tests/test_mongodb: $(call obj,tests/unit/test_mongodb.c $(KV_SRC) $(wildcard backends/mongodb/*.c))
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
