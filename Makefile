@@ -16,7 +16,8 @@
 CC       ?= cc
 BUILD    ?= build
 MODE     ?= release
-PKGS      = libuv jansson inih libxxhash libssl libcrypto hiredis libpq rdkafka
+PKGS      = libuv jansson inih libxxhash libssl libcrypto hiredis libpq rdkafka \
+            libmongoc-1.0
 LIBS_EXTRA = -lhttp_parser -lwslay -lm
 
 ifeq ($(MODE),asan)
@@ -44,7 +45,7 @@ MEM_SRC  = backends/memory/mem_kv.c
 # Network backends: every .c in their folders (tests/unit/test_<name>.c
 # links them with the kvstore core).
 NET_SRC  = $(wildcard backends/redis/*.c backends/postgres/*.c \
-                      backends/kafka/*.c)
+                      backends/kafka/*.c backends/mongodb/*.c)
 PS_SRC   = pubsub/ps_bus.c pubsub/ps_queue.c pubsub/ps_memory.c \
            pubsub/ps_origins.c
 PS_LINK ?= $(PS_SRC)
@@ -65,7 +66,8 @@ UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_config $(BUILD)/tests/test_request \
              $(BUILD)/tests/test_pubsub $(BUILD)/tests/test_postgres \
              $(BUILD)/tests/test_redis $(BUILD)/tests/test_kafka \
-             $(BUILD)/tests/test_auth $(BUILD)/tests/test_tls
+             $(BUILD)/tests/test_auth $(BUILD)/tests/test_tls \
+             $(BUILD)/tests/test_mongodb
 
 .PHONY: all run test test-unit test-e2e asan bench deps clean format-check \
         fuzz fuzz-build fuzz-bins fuzz-regress
@@ -103,6 +105,7 @@ $(BUILD)/tests/test_postgres: $(call obj,tests/unit/test_postgres.c $(KV_SRC) $(
 $(BUILD)/tests/test_redis: $(call obj,tests/unit/test_redis.c $(KV_SRC) $(wildcard backends/redis/*.c) pubsub/ps_origins.c)
 $(BUILD)/tests/test_kafka: $(call obj,tests/unit/test_kafka.c $(wildcard backends/kafka/*.c) $(PS_SRC) kvstore/kv_value.c)
 $(BUILD)/tests/test_tls: $(call obj,tests/unit/test_tls.c server/srv_tls.c)
+$(BUILD)/tests/test_mongodb: $(call obj,tests/unit/test_mongodb.c $(KV_SRC) $(wildcard backends/mongodb/*.c))
 $(UNIT_TESTS):
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) $^ -o $@ $(LDLIBS_ALL) -lcmocka
@@ -149,7 +152,7 @@ test-unit: $(UNIT_TESTS)
 
 # The conformance suite runs once per backend, each against its own server,
 # then once more over TLS (https, wss) for E2E_TLS_BACKENDS.
-E2E_BACKENDS ?= memory redis postgres
+E2E_BACKENDS ?= memory redis postgres mongodb
 E2E_TLS_BACKENDS ?= memory
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \

@@ -20,6 +20,7 @@
 
 #include "backends/kafka/kafka.h"
 #include "backends/memory/memory.h"
+#include "backends/mongodb/mongodb.h"
 #include "backends/postgres/postgres.h"
 #include "backends/redis/redis.h"
 #include "kvstore/kvstore.h"
@@ -30,6 +31,7 @@
 /* Every backend this binary can route a store to. */
 static const struct kv_backend_ops *const backends[] = {
     &mem_backend_ops,
+    &mongo_backend_ops,
     &pg_backend_ops,
     &redis_backend_ops,
     NULL,
