@@ -40,7 +40,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) -I. \
 ALL_LDFLAGS = $(LDOPT) $(LDFLAGS)
 LDLIBS_ALL = $(shell pkg-config --libs $(PKGS)) $(LIBS_EXTRA) $(LDLIBS)
 
-KV_SRC   = kvstore/kvstore.c kvstore/kv_value.c
+KV_SRC   = kvstore/kvstore.c kvstore/kv_value.c kvstore/kv_cursor.c
 MEM_SRC  = backends/memory/mem_kv.c
 # Network backends: every .c in their folders (tests/unit/test_<name>.c
 # links them with the kvstore core).

@@ -283,4 +283,34 @@ size_t kv_format_int64(int64_t v, char *buf);
 /* The ETag of a value: XXH3-64 as 16 lowercase hex digits, NUL-terminated. */
 void kv_etag(kv_bytes value, char out[KV_ETAG_HEX + 1]);
 
+/* ------------------------------------------------------------------ */
+/* Keys cursors of the backends that list in key order (kv_cursor.c)     */
+
+#define KV_CURSOR_TAG "k."            /* every cursor starts with this */
+#define KV_CURSOR_TAG_LEN 2           /* bytes of KV_CURSOR_TAG */
+#define KV_CURSOR_KEY_MAX (64 * 1024) /* longest key a cursor may carry */
+
+/* Bytes kv_cursor_encode writes for a key of key_len bytes (no NUL):
+ * 2 + ceil(4 * key_len / 3), 1368 for a key of 1024 bytes. */
+size_t kv_cursor_len(size_t key_len);
+
+/*
+ * The cursor that continues a listing after key: KV_CURSOR_TAG then the
+ * key in unpadded base64url ("A-Za-z0-9-_"), so it is opaque, URL-safe and
+ * never needs escaping. The format is part of the API: cursors given to
+ * clients stay valid across versions. out needs kv_cursor_len(key.len) + 1
+ * bytes (caller-owned); NUL-terminated. Returns the length. Any thread.
+ */
+size_t kv_cursor_encode(kv_bytes key, char *out);
+
+/*
+ * Decodes a cursor made by kv_cursor_encode into the key it resumes after.
+ * out needs cursor.len bytes (caller-owned). Returns 0 and sets *out_len,
+ * or KV_ECURSOR (with err set) for anything kv_cursor_encode cannot have
+ * produced: a missing tag, a bad base64url character or length, non-zero
+ * padding bits, or bytes that are not a valid key (empty, invalid UTF-8,
+ * control characters, longer than KV_CURSOR_KEY_MAX). Any thread.
+ */
+int kv_cursor_decode(kv_bytes cursor, char *out, size_t *out_len, kv_err *err);
+
 #endif

@@ -1,8 +1,8 @@
 /*
  * mongo_bson.c - the pure helpers of the mongodb backend (mongo_int.h):
  * how a value is typed in `v` and read back, the literal-prefix regex of
- * a listing, keys cursors, the mapping of driver and server errors to
- * kvbus codes, the connection URI with kvbusd's timeouts, and names.
+ * a listing, the mapping of driver and server errors to kvbus codes, the
+ * connection URI with kvbusd's timeouts, and names.
  *
  * The canonical rules themselves (integers, UTF-8, keys) are those of
  * kvstore/kv_value.c, called, never restated. No state; any thread.
@@ -124,100 +124,6 @@ size_t mongo_regex_prefix(kv_bytes prefix, char *out)
     }
     out[n] = '\0';
     return n;
-}
-
-/* ------------------------------------------------------------------ */
-/* Cursors                                                              */
-
-static const char b64url[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-size_t mongo_cursor_len(size_t key_len)
-{
-    return MONGO_CURSOR_TAG_LEN + key_len / 3 * 4 +
-           (key_len % 3 ? key_len % 3 + 1 : 0);
-}
-
-size_t mongo_cursor_encode(kv_bytes key, char *out)
-{
-    const unsigned char *s = (const unsigned char *)key.ptr;
-    size_t i, n = MONGO_CURSOR_TAG_LEN;
-    uint32_t v;
-
-    memcpy(out, MONGO_CURSOR_TAG, MONGO_CURSOR_TAG_LEN);
-    for (i = 0; i + 3 <= key.len; i += 3) {
-        v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
-        out[n++] = b64url[v >> 18];
-        out[n++] = b64url[(v >> 12) & 63];
-        out[n++] = b64url[(v >> 6) & 63];
-        out[n++] = b64url[v & 63];
-    }
-    if (key.len - i == 1) {
-        v = (uint32_t)s[i] << 16;
-        out[n++] = b64url[v >> 18];
-        out[n++] = b64url[(v >> 12) & 63];
-    } else if (key.len - i == 2) {
-        v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
-        out[n++] = b64url[v >> 18];
-        out[n++] = b64url[(v >> 12) & 63];
-        out[n++] = b64url[(v >> 6) & 63];
-    }
-    out[n] = '\0';
-    return n;
-}
-
-/* The 6-bit value of a base64url character, -1 for anything else. */
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-int mongo_cursor_decode(kv_bytes cursor, char *out, size_t *out_len,
-                        kv_err *err)
-{
-    const unsigned char *s = (const unsigned char *)cursor.ptr;
-    size_t n = 0, i, len, rest;
-    uint32_t acc = 0;
-    int bits = 0, v;
-    kv_err why = {0};
-
-    if (cursor.len <= MONGO_CURSOR_TAG_LEN ||
-        memcmp(cursor.ptr, MONGO_CURSOR_TAG, MONGO_CURSOR_TAG_LEN) != 0)
-        return kv_err_set(err, KV_ECURSOR, "not a cursor of this store");
-    len = cursor.len - MONGO_CURSOR_TAG_LEN;
-    if (len % 4 == 1)
-        return kv_err_set(err, KV_ECURSOR, "cursor has a bad length");
-    for (i = 0; i < len; i++) {
-        v = b64url_value(s[MONGO_CURSOR_TAG_LEN + i]);
-        if (v < 0)
-            return kv_err_set(err, KV_ECURSOR,
-                              "cursor has a bad character at %zu",
-                              MONGO_CURSOR_TAG_LEN + i);
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (char)((acc >> bits) & 0xFF);
-        }
-    }
-    rest = len % 4;
-    if (rest && (acc & ((1u << bits) - 1)) != 0)
-        return kv_err_set(err, KV_ECURSOR, "cursor has bad padding bits");
-    if (n > MONGO_CURSOR_KEY_MAX ||
-        kv_check_key((kv_bytes){out, n}, MONGO_CURSOR_KEY_MAX, &why) != 0)
-        return kv_err_set(err, KV_ECURSOR, "cursor does not hold a key");
-    *out_len = n;
-    return 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -2,9 +2,10 @@
  * mongo_int.h - internals shared by the files of the mongodb backend and
  * its unit tests: the named constants, the pure functions that turn kvbus
  * requests into BSON and MongoDB answers back into kvbus codes (value
- * typing, prefix regexes, keys cursors, error mapping, the connection
- * URI, the server label used in logs), and the record of one call as the
- * loop side (mongo_kv.c) and the worker side (mongo_ops.c) share it.
+ * typing, prefix regexes, error mapping, the connection URI, the server
+ * label used in logs), and the record of one call as the loop side
+ * (mongo_kv.c) and the worker side (mongo_ops.c) share it. Keys cursors
+ * are the kvstore core's (kv_cursor_encode in kvstore.h).
  *
  * The pure functions touch neither the network nor the loop and are safe
  * on any thread.
@@ -30,9 +31,7 @@
 #define MONGO_INCR_ATTEMPTS 5      /* incr steps retried after a race */
 #define MONGO_COLLECTION_MAX 200   /* bytes in a configured collection */
 #define MONGO_WHERE_MAX 160        /* "host:port/db" label, NUL included */
-#define MONGO_CURSOR_KEY_MAX (64 * 1024) /* longest key a cursor may carry */
-#define MONGO_CURSOR_TAG "k."            /* every cursor starts with this */
-#define MONGO_CURSOR_TAG_LEN 2
+
 #define MONGO_DB_DEFAULT "kvbus"      /* when the URL names no database */
 #define MONGO_COLLECTION_PREFIX "kv." /* default collection: kv.<store> */
 #define MONGO_APPNAME "kvbusd"        /* shown in the server's logs */
@@ -95,27 +94,6 @@ int mongo_read_value(const bson_iter_t *it, char *num, kv_bytes *out,
  * result is NUL-terminated. Returns its length.
  */
 size_t mongo_regex_prefix(kv_bytes prefix, char *out);
-
-/* Bytes mongo_cursor_encode writes for a key of key_len bytes (no NUL). */
-size_t mongo_cursor_len(size_t key_len);
-
-/*
- * The cursor that continues a listing after key: MONGO_CURSOR_TAG then
- * the key in unpadded base64url (opaque, URL-safe). out needs
- * mongo_cursor_len(key.len) + 1 bytes; NUL-terminated. Returns the length.
- */
-size_t mongo_cursor_encode(kv_bytes key, char *out);
-
-/*
- * Decodes a cursor of mongo_cursor_encode into the key it resumes after
- * (out needs cursor.len bytes). Returns 0, or KV_ECURSOR (err set) for
- * anything mongo_cursor_encode cannot have produced: no tag, a bad
- * base64url character or length, non-zero padding bits, or bytes that are
- * not a key (empty, invalid UTF-8, control characters, longer than
- * MONGO_CURSOR_KEY_MAX).
- */
-int mongo_cursor_decode(kv_bytes cursor, char *out, size_t *out_len,
-                        kv_err *err);
 
 /*
  * The kvbus code for a driver or server error, and in *down whether it

@@ -209,7 +209,7 @@ static int mongo_keys(kv_backend *b, const kv_req *req, kv_done_cb done,
         w += mongo_regex_prefix(req->prefix, w) + 1;
     }
     if (req->cursor.len) {
-        rc = mongo_cursor_decode(req->cursor, w, &len, err);
+        rc = kv_cursor_decode(req->cursor, w, &len, err);
         if (rc != 0) {
             mongo_job_discard(&c->job);
             return rc;

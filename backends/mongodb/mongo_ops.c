@@ -747,12 +747,12 @@ static void op_keys(struct mongo_call *c, mongoc_collection_t *coll,
     if (find_each(c, coll, &filter, &opts, keys_doc, &st) &&
         st.rows > c->limit && c->reply.nkeys > 0) {
         last = c->reply.keys[c->reply.nkeys - 1];
-        c->out = malloc(mongo_cursor_len(last.len) + 1);
+        c->out = malloc(kv_cursor_len(last.len) + 1);
         if (!c->out)
             fail_nomem(c);
         else
             c->reply.cursor =
-                (kv_bytes){c->out, mongo_cursor_encode(last, c->out)};
+                (kv_bytes){c->out, kv_cursor_encode(last, c->out)};
     }
     bson_destroy(&filter);
     bson_destroy(&opts);

@@ -2,10 +2,11 @@
  * pg_int.h - internals shared by the files of the postgres backend and its
  * unit tests: the named constants, and the pure functions that turn kvbus
  * requests into SQL text and parameters and PostgreSQL answers back into
- * kvbus codes (identifier quoting, LIKE escaping, value placement, keys
- * cursors, binary parameter encoding, SQLSTATE mapping, the server label
- * used in logs). Nothing here touches the network or the loop; every
- * function is safe on any thread.
+ * kvbus codes (identifier quoting, LIKE escaping, value placement, binary
+ * parameter encoding, SQLSTATE mapping, the server label used in logs).
+ * Keys cursors are the kvstore core's (kv_cursor_encode in kvstore.h).
+ * Nothing here touches the network or the loop; every function is safe on
+ * any thread.
  */
 #ifndef KVBUS_BACKEND_PG_INT_H
 #define KVBUS_BACKEND_PG_INT_H
@@ -28,9 +29,6 @@
 #define PG_IDENT_MAX 63            /* bytes in a PostgreSQL identifier */
 #define PG_HASH_HEX 16             /* XXH3-64 suffix of shortened names */
 #define PG_WHERE_MAX 160           /* "host:port/db" label, NUL included */
-#define PG_CURSOR_KEY_MAX (64 * 1024) /* longest key a cursor may carry */
-#define PG_CURSOR_TAG "k."            /* every cursor starts with this */
-#define PG_CURSOR_TAG_LEN 2
 
 /* PostgreSQL type OIDs of the parameters kvbus sends (pg_type.dat). */
 #define PG_OID_BYTEA 17
@@ -82,27 +80,6 @@ void pg_index_name(const char *table, char out[PG_IDENT_MAX + 1]);
  * the result is NUL-terminated. Returns its length.
  */
 size_t pg_like_prefix(kv_bytes prefix, char *out);
-
-/* Bytes pg_cursor_encode writes for a key of key_len bytes (no NUL). */
-size_t pg_cursor_len(size_t key_len);
-
-/*
- * The cursor that continues a listing after key: PG_CURSOR_TAG then the key
- * in unpadded base64url, so it is opaque, URL-safe and never needs
- * escaping. out needs pg_cursor_len(key.len) + 1 bytes; NUL-terminated.
- * Returns the length.
- */
-size_t pg_cursor_encode(kv_bytes key, char *out);
-
-/*
- * Decodes a cursor made by pg_cursor_encode into the key it resumes after.
- * out needs cursor.len bytes. Returns 0, or KV_ECURSOR (with err set) for
- * anything pg_cursor_encode cannot have produced: a missing tag, a bad
- * base64url character or length, non-zero padding bits, or a key that is
- * not a valid key (empty, invalid UTF-8, control characters, longer than
- * PG_CURSOR_KEY_MAX).
- */
-int pg_cursor_decode(kv_bytes cursor, char *out, size_t *out_len, kv_err *err);
 
 /*
  * The kvbus code for a PostgreSQL SQLSTATE (5 characters; NULL or

@@ -331,10 +331,10 @@ static int answer_keys(const PGresult *res, size_t limit, kv_reply *r,
     }
     if (rows > limit && limit > 0) {
         kv_bytes last = r->keys[limit - 1];
-        *cursor = malloc(pg_cursor_len(last.len) + 1);
+        *cursor = malloc(kv_cursor_len(last.len) + 1);
         if (!*cursor)
             return KV_ENOMEM;
-        r->cursor = (kv_bytes){*cursor, pg_cursor_encode(last, *cursor)};
+        r->cursor = (kv_bytes){*cursor, kv_cursor_encode(last, *cursor)};
     }
     return 0;
 }
@@ -711,7 +711,7 @@ static int pg_keys(kv_backend *b, const kv_req *req, kv_done_cb done, void *ud,
     w++; /* the NUL pg_like_prefix wrote */
     len = 0;
     if (req->cursor.len &&
-        (rc = pg_cursor_decode(req->cursor, w, &len, err)) != 0) {
+        (rc = kv_cursor_decode(req->cursor, w, &len, err)) != 0) {
         pg_query_discard(q);
         return rc;
     }

@@ -1,7 +1,7 @@
 /*
  * pg_sql.c - the pure helpers of the postgres backend (see pg_int.h):
- * identifier quoting and naming, LIKE escaping, value placement, keys
- * cursors, binary parameters, SQLSTATE mapping and the server label.
+ * identifier quoting and naming, LIKE escaping, value placement, binary
+ * parameters, SQLSTATE mapping and the server label.
  * No state, no I/O; safe on any thread. The SQL statements themselves are
  * in pg_kv.c, the connections in pg_conn.c.
  */
@@ -128,92 +128,6 @@ size_t pg_like_prefix(kv_bytes prefix, char *out)
     out[n++] = '%';
     out[n] = '\0';
     return n;
-}
-
-static const char b64url[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-size_t pg_cursor_len(size_t key_len)
-{
-    return PG_CURSOR_TAG_LEN + key_len / 3 * 4 +
-           (key_len % 3 ? key_len % 3 + 1 : 0);
-}
-
-size_t pg_cursor_encode(kv_bytes key, char *out)
-{
-    const unsigned char *s = (const unsigned char *)key.ptr;
-    size_t n = 0, i;
-
-    memcpy(out, PG_CURSOR_TAG, PG_CURSOR_TAG_LEN);
-    n = PG_CURSOR_TAG_LEN;
-    for (i = 0; i + 2 < key.len; i += 3) {
-        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
-        out[n++] = b64url[v >> 18];
-        out[n++] = b64url[(v >> 12) & 63];
-        out[n++] = b64url[(v >> 6) & 63];
-        out[n++] = b64url[v & 63];
-    }
-    if (key.len - i == 1) {
-        uint32_t v = (uint32_t)s[i] << 16;
-        out[n++] = b64url[v >> 18];
-        out[n++] = b64url[(v >> 12) & 63];
-    } else if (key.len - i == 2) {
-        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
-        out[n++] = b64url[v >> 18];
-        out[n++] = b64url[(v >> 12) & 63];
-        out[n++] = b64url[(v >> 6) & 63];
-    }
-    out[n] = '\0';
-    return n;
-}
-
-/* The 6-bit value of a base64url character, or -1. */
-static int b64url_value(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-int pg_cursor_decode(kv_bytes cursor, char *out, size_t *out_len, kv_err *err)
-{
-    const char *p = cursor.ptr + PG_CURSOR_TAG_LEN;
-    size_t len, n = 0, i;
-    uint32_t acc = 0;
-    int bits = 0;
-    kv_err why = {0};
-
-    if (cursor.len <= PG_CURSOR_TAG_LEN ||
-        memcmp(cursor.ptr, PG_CURSOR_TAG, PG_CURSOR_TAG_LEN) != 0)
-        return kv_err_set(err, KV_ECURSOR, "invalid cursor");
-    len = cursor.len - PG_CURSOR_TAG_LEN;
-    if (len % 4 == 1)
-        return kv_err_set(err, KV_ECURSOR, "invalid cursor (length)");
-    for (i = 0; i < len; i++) {
-        int v = b64url_value(p[i]);
-        if (v < 0)
-            return kv_err_set(err, KV_ECURSOR, "invalid cursor (character)");
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (char)((acc >> bits) & 0xFF);
-        }
-    }
-    if (acc & ((1u << bits) - 1))
-        return kv_err_set(err, KV_ECURSOR, "invalid cursor (padding)");
-    if (kv_check_key((kv_bytes){out, n}, PG_CURSOR_KEY_MAX, &why) != 0)
-        return kv_err_set(err, KV_ECURSOR, "invalid cursor (%s)", why.msg);
-    *out_len = n;
-    return 0;
 }
 
 int pg_sqlstate_code(const char *sqlstate)

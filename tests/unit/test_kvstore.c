@@ -1,16 +1,17 @@
 /*
- * test_kvstore.c - unit tests of the kvstore module (kvstore/kvstore.c and
- * kvstore/kv_value.c).
+ * test_kvstore.c - unit tests of the kvstore module (kvstore/kvstore.c,
+ * kvstore/kv_value.c and kvstore/kv_cursor.c).
  *
- * The value rules (keys, store names, integers, ETags, the error table) are
- * tested as pure functions. The registry and kv_store_call() are tested
- * over the memory backend, the one linked in, with no loop (the memory
- * backend then runs no sweep timer) and a fake clock, plus a tiny "fake"
- * backend defined here that only opens, so that the backend a store is
- * created with can be told apart from the "memory" fallback. Every call
- * checks the kv_store_call contract: an error return never calls done, a
- * success calls it exactly once (the memory backend answers at once).
- * Left out: backend semantics in depth (test_memory.c covers them).
+ * The value rules (keys, store names, integers, ETags, the error table) and
+ * the keys cursor of the postgres and mongodb backends (round trips, the
+ * fixed wire format, every kind of bad cursor) are tested as pure functions.
+ * The registry and kv_store_call() are tested over the memory backend, the one
+ * linked in, with no loop (the memory backend then runs no sweep timer) and a
+ * fake clock, plus a tiny "fake" backend defined here that only opens, so that
+ * the backend a store is created with can be told apart from the "memory"
+ * fallback. Every call checks the kv_store_call contract: an error return never
+ * calls done, a success calls it exactly once (the memory backend answers at
+ * once). Left out: backend semantics in depth (test_memory.c covers them).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -565,6 +566,160 @@ TEST(etag__any_value__is_16_lowercase_hex_digits)
         kv_etag((kv_bytes){v, (size_t)n}, tag);
         t_assert_lower_hex(tag);
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* Keys cursors (kv_cursor.c)                                           */
+
+/* Bytes of a cursor for any key up to one byte past KV_CURSOR_KEY_MAX. */
+#define T_CURSOR_TEXT_MAX                                                      \
+    (KV_CURSOR_TAG_LEN + (KV_CURSOR_KEY_MAX + 3) / 3 * 4 + 1)
+
+/* Large enough for the longest keys and cursors the tests make. */
+static char t_cursor_key[KV_CURSOR_KEY_MAX + 1];
+static char t_cursor_text[T_CURSOR_TEXT_MAX];
+static char t_cursor_back[T_CURSOR_TEXT_MAX];
+
+/* Encodes key, checks the text, decodes it and checks the key came back. */
+static void t_cursor_round_trip(kv_bytes key)
+{
+    size_t n, len = 0;
+    kv_err err = {0};
+
+    assert_true(kv_cursor_len(key.len) < sizeof t_cursor_text);
+    n = kv_cursor_encode(key, t_cursor_text);
+    assert_int_equal(n, kv_cursor_len(key.len));
+    assert_int_equal(strlen(t_cursor_text), n);
+    assert_memory_equal(t_cursor_text, KV_CURSOR_TAG, KV_CURSOR_TAG_LEN);
+    assert_int_equal(kv_cursor_decode((kv_bytes){t_cursor_text, n},
+                                      t_cursor_back, &len, &err),
+                     0);
+    assert_int_equal(len, key.len);
+    assert_memory_equal(t_cursor_back, key.ptr, key.len);
+}
+
+TEST(cursor__round_trips_keys_of_every_length_mod_3)
+{
+    t_cursor_round_trip(B("a"));
+    t_cursor_round_trip(B("ab"));
+    t_cursor_round_trip(B("abc"));
+    t_cursor_round_trip(B("p/007"));
+    t_cursor_round_trip(B("user/42?x=[1]"));
+    t_cursor_round_trip(B("\xc3\xa9\xe2\x98\x83~"));
+    t_cursor_round_trip(B("é€😀 a+b/c?d"));
+    memset(t_cursor_key, 'k', sizeof t_cursor_key);
+    t_cursor_round_trip((kv_bytes){t_cursor_key, KV_MAX_KEY_BYTES_DEFAULT});
+    t_cursor_round_trip((kv_bytes){t_cursor_key, KV_CURSOR_KEY_MAX});
+}
+
+/* The wire format: these cursors were given to clients by earlier
+ * versions (postgres and mongodb alike) and must keep meaning their key. */
+TEST(cursor__fixed_keys__give_the_cursors_already_handed_out)
+{
+    static const struct {
+        const char *key;
+        const char *cursor;
+    } known[] = {
+        {"a", "k.YQ"},
+        {"ab", "k.YWI"},
+        {"user:42", "k.dXNlcjo0Mg"},
+        {"u>~", "k.dT5-"},       /* 62 is '-', not '+' */
+        {"\xc3\xb8?", "k.w7g_"}, /* 63 is '_', not '/' */
+        {"é€😀 a+b/c?d", "k.w6nigqzwn5iAIGErYi9jP2Q"},
+    };
+    char out[64];
+    size_t i, len;
+    kv_err err = {0};
+
+    for (i = 0; i < sizeof known / sizeof *known; i++) {
+        kv_bytes key = {known[i].key, strlen(known[i].key)};
+        kv_bytes cursor = {known[i].cursor, strlen(known[i].cursor)};
+
+        assert_int_equal(kv_cursor_encode(key, out), cursor.len);
+        assert_string_equal(out, known[i].cursor);
+        len = 0;
+        assert_int_equal(kv_cursor_decode(cursor, out, &len, &err), 0);
+        assert_int_equal(len, key.len);
+        assert_memory_equal(out, key.ptr, key.len);
+    }
+}
+
+TEST(cursor__is_url_safe_and_short_enough_for_a_default_key)
+{
+    size_t i, n;
+
+    /* Not a key, but the bytes with every bit set. */
+    memset(t_cursor_key, 0xff, KV_MAX_KEY_BYTES_DEFAULT);
+    n = kv_cursor_encode((kv_bytes){t_cursor_key, KV_MAX_KEY_BYTES_DEFAULT},
+                         t_cursor_text);
+    assert_int_equal(n, 1368);
+    assert_int_equal(kv_cursor_len(KV_MAX_KEY_BYTES_DEFAULT), 1368);
+    for (i = 0; i < n; i++)
+        assert_non_null(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu"
+                               "vwxyz0123456789-_.",
+                               t_cursor_text[i]));
+}
+
+TEST(cursor__anything_not_encoded_by_us__is_bad_cursor)
+{
+    const char *bad[] = {
+        "",         "k.",      "not-a-cursor", "-1",
+        "\xff\xfe", "abc",                               /* no tag */
+        "x.YQ",     "K.YQ",                              /* another tag */
+        "k.Y",      "k.YWJjZ",                           /* length */
+        "k.YQ=",    "k.Y!Q",   "k.Y+Q",        "k.!!!!", /* character */
+        "k.YR", /* non-zero padding bits */
+        "k.AA", /* decodes to a NUL byte: not a key */
+        "k._w", /* 0xff: not UTF-8 */
+        "k.fw", /* 0x7f: a control character */
+        "k.w4", /* 0xc3 alone: truncated UTF-8 */
+    };
+    char out[64];
+    size_t i, len;
+    kv_err err = {0};
+
+    for (i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err.code = 0;
+        assert_int_equal(kv_cursor_decode((kv_bytes){bad[i], strlen(bad[i])},
+                                          out, &len, &err),
+                         KV_ECURSOR);
+        assert_int_equal(err.code, KV_ECURSOR);
+    }
+    assert_int_equal(kv_cursor_decode((kv_bytes){NULL, 0}, out, &len, NULL),
+                     KV_ECURSOR);
+}
+
+TEST(cursor__key_longer_than_the_cursor_limit__is_bad_cursor)
+{
+    size_t n, len = 0;
+    kv_err err = {0};
+
+    memset(t_cursor_key, 'k', KV_CURSOR_KEY_MAX + 1);
+    n = kv_cursor_encode((kv_bytes){t_cursor_key, KV_CURSOR_KEY_MAX + 1},
+                         t_cursor_text);
+    assert_int_equal(kv_cursor_decode((kv_bytes){t_cursor_text, n},
+                                      t_cursor_back, &len, &err),
+                     KV_ECURSOR);
+    assert_int_equal(len, 0);
+}
+
+TEST(cursor__bad_cursor__says_what_is_wrong)
+{
+    char out[64];
+    size_t len;
+    kv_err err = {0};
+
+    kv_cursor_decode(B("x.YQ"), out, &len, &err);
+    assert_string_equal(err.msg, "invalid cursor");
+    kv_cursor_decode(B("k.YWJjZ"), out, &len, &err);
+    assert_string_equal(err.msg, "invalid cursor (length)");
+    kv_cursor_decode(B("k.Y!Q"), out, &len, &err);
+    assert_string_equal(err.msg, "invalid cursor (character)");
+    kv_cursor_decode(B("k.YR"), out, &len, &err);
+    assert_string_equal(err.msg, "invalid cursor (padding)");
+    kv_cursor_decode(B("k._w"), out, &len, &err);
+    assert_string_equal(err.msg,
+                        "invalid cursor (key is not valid UTF-8 (byte 0))");
 }
 
 /* ------------------------------------------------------------------ */
@@ -1447,6 +1602,12 @@ int main(void)
         T(etag__empty_value__is_xxh3_64_of_empty_input),
         T(etag__same_bytes__give_the_same_tag),
         T(etag__any_value__is_16_lowercase_hex_digits),
+        T(cursor__round_trips_keys_of_every_length_mod_3),
+        T(cursor__fixed_keys__give_the_cursors_already_handed_out),
+        T(cursor__is_url_safe_and_short_enough_for_a_default_key),
+        T(cursor__anything_not_encoded_by_us__is_bad_cursor),
+        T(cursor__key_longer_than_the_cursor_limit__is_bad_cursor),
+        T(cursor__bad_cursor__says_what_is_wrong),
         T(errors__known_codes__map_to_message_code_and_status),
         T(errors__unknown_code__is_internal_500),
         T(errors__err_set__records_code_and_message_and_returns_code),

@@ -3,10 +3,11 @@
  *
  * Most tests cover the pure helpers of mongo_int.h: how a value is typed
  * in BSON and read back (every type, and the types kvbus never writes),
- * the literal-prefix regex, keys cursors, the mapping of driver and server
- * errors (network vs duplicate key vs type mismatch), the connection URI
- * with kvbusd's timeouts, the server label that never shows a password,
- * collection names, the ping backoff and the worker count. The rest drive
+ * the literal-prefix regex, the mapping of driver and server errors
+ * (network vs duplicate key vs type mismatch), the connection URI with
+ * kvbusd's timeouts, the server label that never shows a password,
+ * collection names, the ping backoff and the worker count (the keys cursor
+ * is the kvstore core's, tested in test_kvstore.c). The rest drive
  * the method table on a real libuv loop and the driver's worker threads
  * without a MongoDB server: a port that refuses connections (calls answer
  * 503-class errors within about op_timeout_ms, then fail fast once the
@@ -314,50 +315,6 @@ TEST(regex_prefix__output_fits_twice_the_prefix_plus_two)
     assert_int_equal(strlen(all), 15);
     assert_int_equal(mongo_regex_prefix(b(all), out), 2 * 15 + 1);
     assert_int_equal(out[2 * 15 + 1], '\0');
-}
-
-/* ------------------------------------------------------------------ */
-/* Cursors                                                              */
-
-static void cursor_round_trip(kv_bytes key)
-{
-    char enc[64], dec[64];
-    size_t len = 0;
-    kv_err err = {0};
-
-    assert_true(mongo_cursor_len(key.len) < sizeof enc);
-    assert_int_equal(mongo_cursor_encode(key, enc), mongo_cursor_len(key.len));
-    assert_memory_equal(enc, MONGO_CURSOR_TAG, MONGO_CURSOR_TAG_LEN);
-    assert_int_equal(
-        mongo_cursor_decode((kv_bytes){enc, strlen(enc)}, dec, &len, &err), 0);
-    assert_int_equal(len, key.len);
-    assert_memory_equal(dec, key.ptr, key.len);
-}
-
-TEST(cursor__round_trips_keys_of_every_length_mod_3)
-{
-    cursor_round_trip(b("a"));
-    cursor_round_trip(b("ab"));
-    cursor_round_trip(b("abc"));
-    cursor_round_trip(b("user/42?x=[1]"));
-    cursor_round_trip(b("\xc3\xa9\xe2\x98\x83~"));
-}
-
-TEST(cursor__anything_not_encoded_by_us__is_bad_cursor)
-{
-    const char *bad[] = {
-        "",     "k.",   "x.YQ", "k.Y",  "k.YQ=",   "k.Y+Q", "k.YR",
-        "k.AA", "k.fw", "abc",  "k.w4", "k.YWJjZ", "k.!!!!"};
-    char out[64];
-    size_t i, len;
-    kv_err err = {0};
-
-    for (i = 0; i < sizeof bad / sizeof *bad; i++) {
-        err.code = 0;
-        assert_int_equal(mongo_cursor_decode(b(bad[i]), out, &len, &err),
-                         KV_ECURSOR);
-        assert_int_equal(err.code, KV_ECURSOR);
-    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -938,8 +895,6 @@ int main(void)
         cmocka_unit_test(regex_prefix__escapes_every_metacharacter),
         cmocka_unit_test(regex_prefix__leaves_other_characters_alone),
         cmocka_unit_test(regex_prefix__output_fits_twice_the_prefix_plus_two),
-        cmocka_unit_test(cursor__round_trips_keys_of_every_length_mod_3),
-        cmocka_unit_test(cursor__anything_not_encoded_by_us__is_bad_cursor),
         cmocka_unit_test(
             error__network_and_selection_errors__are_unavailable_and_down),
         cmocka_unit_test(

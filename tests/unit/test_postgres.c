@@ -2,10 +2,10 @@
  * test_postgres.c - unit tests of the postgres backend (backends/postgres).
  *
  * Most tests cover the pure helpers of pg_int.h: identifier quoting and
- * table/index naming, LIKE escaping, value placement, keys cursors (round
- * trips and every kind of bad cursor), binary parameters, SQLSTATE
- * mapping, the server label that never shows a password, the reconnect
- * backoff and statement expansion. The rest drive the method table on a
+ * table/index naming, LIKE escaping, value placement, binary parameters,
+ * SQLSTATE mapping, the server label that never shows a password, the
+ * reconnect backoff and statement expansion (the keys cursor is the kvstore
+ * core's, tested in test_kvstore.c). The rest drive the method table on a
  * real libuv loop without a PostgreSQL server: a port that refuses
  * connections (calls fail fast with KV_EUNAVAIL once the pool is down)
  * and a listener that accepts but never answers (a waiting call times out
@@ -225,71 +225,6 @@ TEST(like_prefix__escapes_backslash_percent_underscore_and_appends_percent)
     assert_string_equal(out, "%");
     pg_like_prefix(b("*?[.^"), out);
     assert_string_equal(out, "*?[.^%");
-}
-
-/* ------------------------------------------------------------------ */
-/* Cursors                                                              */
-
-static void cursor_round_trip(kv_bytes key)
-{
-    char enc[4096], dec[4096];
-    size_t n, len = 0;
-    kv_err err = {0};
-
-    n = pg_cursor_encode(key, enc);
-    assert_int_equal(n, pg_cursor_len(key.len));
-    assert_int_equal(strlen(enc), n);
-    assert_int_equal(pg_cursor_decode((kv_bytes){enc, n}, dec, &len, &err), 0);
-    assert_int_equal(len, key.len);
-    assert_memory_equal(dec, key.ptr, key.len);
-}
-
-TEST(cursor__round_trips_keys_of_every_length_mod_3)
-{
-    char big[KV_MAX_KEY_BYTES_DEFAULT];
-
-    cursor_round_trip(b("a"));
-    cursor_round_trip(b("ab"));
-    cursor_round_trip(b("abc"));
-    cursor_round_trip(b("p/007"));
-    cursor_round_trip(b("é€😀 a+b/c?d"));
-    memset(big, 'k', sizeof big);
-    cursor_round_trip((kv_bytes){big, sizeof big});
-}
-
-TEST(cursor__is_url_safe_and_short_enough_for_a_default_key)
-{
-    char big[KV_MAX_KEY_BYTES_DEFAULT], enc[2048];
-    size_t i, n;
-
-    memset(big, 0xff, sizeof big); /* not a key, but the worst bits */
-    n = pg_cursor_encode((kv_bytes){big, sizeof big}, enc);
-    assert_int_equal(n, 1368);
-    for (i = 0; i < n; i++)
-        assert_non_null(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu"
-                               "vwxyz0123456789-_.",
-                               enc[i]));
-}
-
-TEST(cursor__anything_not_encoded_by_us__is_bad_cursor)
-{
-    const char *bad[] = {
-        "",      "k.",   "not-a-cursor", "-1",   "\xff\xfe",
-        "k.YQ=", "k.Y",  "k.Y!Q",        "k.YR", /* non-zero padding bits */
-        "k.AA", /* decodes to a NUL byte: not a key */
-        "k._w", /* 0xff: not UTF-8 */
-        "x.YQ",  "K.YQ",
-    };
-    char out[64];
-    size_t i, len;
-    kv_err err = {0};
-
-    for (i = 0; i < sizeof bad / sizeof *bad; i++) {
-        err.code = 0;
-        assert_int_equal(pg_cursor_decode(b(bad[i]), out, &len, &err),
-                         KV_ECURSOR);
-        assert_int_equal(err.code, KV_ECURSOR);
-    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1058,10 +993,6 @@ int main(void)
         cmocka_unit_test(table_name__shortening_never_splits_a_utf8_character),
         cmocka_unit_test(
             like_prefix__escapes_backslash_percent_underscore_and_appends_percent),
-        cmocka_unit_test(cursor__round_trips_keys_of_every_length_mod_3),
-        cmocka_unit_test(
-            cursor__is_url_safe_and_short_enough_for_a_default_key),
-        cmocka_unit_test(cursor__anything_not_encoded_by_us__is_bad_cursor),
         cmocka_unit_test(
             sqlstate__maps_overflow_encoding_and_everything_else_to_unavailable),
         cmocka_unit_test(sqlstate__creation_races_are_retried),
