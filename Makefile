@@ -69,7 +69,7 @@ UNIT_TESTS = $(BUILD)/tests/test_kvstore $(BUILD)/tests/test_memory \
              $(BUILD)/tests/test_auth $(BUILD)/tests/test_tls \
              $(BUILD)/tests/test_mongodb
 
-.PHONY: all run test test-unit test-e2e asan bench deps clean format-check \
+.PHONY: all run test test-unit test-fixtures test-e2e asan bench deps clean format-check \
         fuzz fuzz-build fuzz-bins fuzz-regress
 
 all: $(KVBUSD)
@@ -154,6 +154,12 @@ test-unit: $(UNIT_TESTS)
 # then once more over TLS (https, wss) for E2E_TLS_BACKENDS.
 E2E_BACKENDS ?= memory redis postgres mongodb
 E2E_TLS_BACKENDS ?= memory
+# The MongoDB wire-protocol test double's own tests: its Node tests, then
+# a libmongoc client (smoke.c) against it.
+test-fixtures:
+	node --test tests/fixtures/mongo-double/test/*.test.mjs
+	tests/fixtures/mongo-double/test/run-smoke
+
 test-e2e: $(KVBUSD)
 	@KVBUSD=$(abspath $(KVBUSD)) KVBUS_TEST_BACKENDS="$(E2E_BACKENDS)" \
 	    tests/e2e/run
@@ -162,7 +168,7 @@ test-e2e: $(KVBUSD)
 	    tests/e2e/run)
 
 test: deps format-check
-	$(MAKE) MODE=release BUILD=build test-unit test-e2e
+	$(MAKE) MODE=release BUILD=build test-unit test-fixtures test-e2e
 	$(MAKE) MODE=asan BUILD=build-asan test-unit test-e2e
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_TEST_SECONDS)
 
