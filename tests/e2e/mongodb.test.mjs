@@ -45,6 +45,9 @@ import {
 import {
     startKvbusd, waitFor, metricValue, httpRequest, withTimeout,
 } from './wslib.mjs';
+import {
+    outageHelpers, assertBackend503, assertServed, summary,
+} from './outagelib.mjs';
 
 const execFileP = promisify(execFile);
 
@@ -243,75 +246,9 @@ async function call(base, method, p, { body } = {}) {
     }
 }
 
-/* One sample of /metrics for store m (backend mongodb). */
-async function storeMetric(base, family) {
-    const r = await call(base, 'GET', '/metrics');
-    assert.equal(r.status, 200, `GET /metrics: ${r.error ?? r.status}`);
-    return metricValue(text(r), `${family}{store="m",backend="mongodb"}`);
-}
-
-/* /readyz: {status, body (parsed), store (the entry of store m)}. */
-async function readyz(base) {
-    const r = await call(base, 'GET', '/readyz');
-    assert.ok(!r.error, `GET /readyz: ${r.error}`);
-    const body = json(r);
-    return { status: r.status, body, store: body.stores.find((s) => s.name === 'm') };
-}
-
-/* Asserts r is a 503 from a backend that is down or slow. */
-function assertBackend503(r, what) {
-    assert.ok(!r.error, `${what}: ${r.error}`);
-    assertJsonError(r, 503, what);
-    assert.ok(r.headers['retry-after'], `${what}: Retry-After`);
-}
-
-/* A PUT/GET loop of LOAD_WORKERS workers on store m until stop(). */
-function startLoad(base) {
-    const calls = [];
-    let running = true;
-    const worker = async (w) => {
-        for (let i = 0; running && i < 1e6; i++) {
-            const key = `w${w}-${i % 50}`;
-            const p = await call(base, 'PUT', `/v1/kv/m/${key}`, { body: `v${i}` });
-            calls.push({ op: 'PUT', ...p });
-            const g = await call(base, 'GET', `/v1/kv/m/${key}`);
-            calls.push({ op: 'GET', ...g, expect: p.status === 204 ? `v${i}` : undefined });
-            await sleep(LOAD_PAUSE_MS);
-        }
-    };
-    const done = Promise.all(Array.from({ length: LOAD_WORKERS }, (_, w) => worker(w)));
-    return {
-        calls,
-        async stop() {
-            running = false;
-            await done;
-        },
-    };
-}
-
-/* A PUT 204, or a GET with the value its PUT wrote (404 when that PUT
- * failed: the key may never have been written). */
-function assertServed(c, when) {
-    const what = `${when}: ${c.op} ${c.error ?? c.status} ${c.body ?? ''}`;
-    assert.ok(!c.error, what);
-    if (c.op === 'PUT') {
-        assert.equal(c.status, 204, what);
-    } else if (c.expect !== undefined) {
-        assert.equal(c.status, 200, what);
-        assert.equal(text(c), c.expect, what);
-    } else {
-        assert.ok(c.status === 200 || c.status === 404, what);
-    }
-}
-
-function summary(calls) {
-    const by = {};
-    for (const c of calls) {
-        const k = `${c.op} ${c.error ? 'error' : c.status}`;
-        by[k] = (by[k] ?? 0) + 1;
-    }
-    return JSON.stringify(by);
-}
+const { storeMetric, readyz, startLoad } = outageHelpers({
+    call, store: 'm', backend: 'mongodb', workers: LOAD_WORKERS, pauseMs: LOAD_PAUSE_MS,
+});
 
 /* ------------------------------------------------------------------ */
 

@@ -39,6 +39,9 @@ import {
     json, uniqueStore, assertJsonError, sleep,
 } from './lib.mjs';
 import { startKvbusd, waitFor, metricValue } from './wslib.mjs';
+import {
+    outageHelpers, assertBackend503, assertServed, summary,
+} from './outagelib.mjs';
 import { parseResp } from './resplib.mjs';
 
 const execFileP = promisify(execFile);
@@ -228,81 +231,9 @@ function call(base, method, p, { body } = {}) {
     });
 }
 
-/* One sample of /metrics for store r (backend redis). */
-async function storeMetric(base, family) {
-    const r = await call(base, 'GET', '/metrics');
-    assert.equal(r.status, 200, `GET /metrics: ${r.error ?? r.status}`);
-    return metricValue(text(r), `${family}{store="r",backend="redis"}`);
-}
-
-/* /readyz: {status, body (parsed), store (the entry of store r)}. */
-async function readyz(base) {
-    const r = await call(base, 'GET', '/readyz');
-    assert.ok(!r.error, `GET /readyz: ${r.error}`);
-    const body = json(r);
-    return { status: r.status, body, store: body.stores.find((s) => s.name === 'r') };
-}
-
-/* Asserts r is a 503 from a backend that is down or slow. */
-function assertBackend503(r, what) {
-    assert.ok(!r.error, `${what}: ${r.error}`);
-    assertJsonError(r, 503, what);
-    assert.ok(r.headers['retry-after'], `${what}: Retry-After`);
-}
-
-/*
- * A PUT/GET loop of LOAD_WORKERS workers against store r until stop() is
- * called; every call is kept in `calls` ({op, start, ms, status, ...}).
- */
-function startLoad(base) {
-    const calls = [];
-    let running = true;
-    const worker = async (w) => {
-        for (let i = 0; running && i < 1e6; i++) {
-            const key = `w${w}-${i % 50}`;
-            const p = await call(base, 'PUT', `/v1/kv/r/${key}`, { body: `v${i}` });
-            calls.push({ op: 'PUT', ...p });
-            const g = await call(base, 'GET', `/v1/kv/r/${key}`);
-            calls.push({ op: 'GET', ...g, expect: p.status === 204 ? `v${i}` : undefined });
-            await sleep(LOAD_PAUSE_MS);
-        }
-    };
-    const done = Promise.all(Array.from({ length: LOAD_WORKERS }, (_, w) => worker(w)));
-    return {
-        calls,
-        async stop() {
-            running = false;
-            await done;
-        },
-    };
-}
-
-/*
- * Asserts a load call was served: a PUT 204; a GET 200 with the value its
- * PUT wrote, or 404 when that PUT failed (its key may never have been
- * written).
- */
-function assertServed(c, when) {
-    const what = `${when}: ${c.op} ${c.error ?? c.status} ${c.body ?? ''}`;
-    assert.ok(!c.error, what);
-    if (c.op === 'PUT') {
-        assert.equal(c.status, 204, what);
-    } else if (c.expect !== undefined) {
-        assert.equal(c.status, 200, what);
-        assert.equal(text(c), c.expect, what);
-    } else {
-        assert.ok(c.status === 200 || c.status === 404, what);
-    }
-}
-
-function summary(calls) {
-    const by = {};
-    for (const c of calls) {
-        const k = `${c.op} ${c.error ? 'error' : c.status}`;
-        by[k] = (by[k] ?? 0) + 1;
-    }
-    return JSON.stringify(by);
-}
+const { storeMetric, readyz, startLoad } = outageHelpers({
+    call, store: 'r', backend: 'redis', workers: LOAD_WORKERS, pauseMs: LOAD_PAUSE_MS,
+});
 
 /* ------------------------------------------------------------------ */
 

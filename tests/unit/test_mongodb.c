@@ -36,6 +36,7 @@
 #include "backends/mongodb/mongodb.h"
 #include "kvstore/kvstore.h"
 #include "server/srv_log.h"
+#include "tests/unit/t_net.h"
 
 #define TEST(name) static void name(void **state __attribute__((unused)))
 
@@ -613,27 +614,6 @@ static void t_drain(uv_loop_t *loop)
     assert_int_equal(uv_loop_close(loop), 0);
 }
 
-/* A TCP port on 127.0.0.1 with nothing listening (bound, then closed). */
-static int t_refusing_port(void)
-{
-    uv_loop_t loop;
-    uv_tcp_t tcp;
-    struct sockaddr_in addr;
-    struct sockaddr_storage got;
-    int len = sizeof got, port;
-
-    uv_loop_init(&loop);
-    uv_tcp_init(&loop, &tcp);
-    uv_ip4_addr("127.0.0.1", 0, &addr);
-    assert_int_equal(uv_tcp_bind(&tcp, (struct sockaddr *)&addr, 0), 0);
-    uv_tcp_getsockname(&tcp, (struct sockaddr *)&got, &len);
-    port = ntohs(((struct sockaddr_in *)&got)->sin_port);
-    uv_close((uv_handle_t *)&tcp, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
-    return port;
-}
-
 TEST(open__without_a_loop_or_a_url__is_invalid)
 {
     uv_loop_t loop;
@@ -701,51 +681,6 @@ TEST(server_refusing__calls_fail_503_in_bounded_time_then_fail_fast)
     assert_false(t_log_has(T_SECRET));
     assert_null(strstr(d1.msg, T_SECRET));
     assert_null(strstr(err.msg, T_SECRET));
-}
-
-/* A listener that accepts connections and never says anything. */
-struct t_mute {
-    uv_tcp_t server;
-    uv_tcp_t clients[16];
-    int nclients;
-    int port;
-};
-
-static void t_mute_on_conn(uv_stream_t *srv, int status)
-{
-    struct t_mute *m = srv->data;
-
-    if (status != 0 || m->nclients == 16)
-        return;
-    uv_tcp_init(srv->loop, &m->clients[m->nclients]);
-    if (uv_accept(srv, (uv_stream_t *)&m->clients[m->nclients]) == 0)
-        m->nclients++;
-}
-
-static void t_mute_start(struct t_mute *m, uv_loop_t *loop)
-{
-    struct sockaddr_in addr;
-    struct sockaddr_storage got;
-    int len = sizeof got;
-
-    memset(m, 0, sizeof *m);
-    uv_tcp_init(loop, &m->server);
-    m->server.data = m;
-    uv_ip4_addr("127.0.0.1", 0, &addr);
-    assert_int_equal(uv_tcp_bind(&m->server, (struct sockaddr *)&addr, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&m->server, 16, t_mute_on_conn),
-                     0);
-    uv_tcp_getsockname(&m->server, (struct sockaddr *)&got, &len);
-    m->port = ntohs(((struct sockaddr_in *)&got)->sin_port);
-}
-
-static void t_mute_stop(struct t_mute *m)
-{
-    int i;
-
-    for (i = 0; i < m->nclients; i++)
-        uv_close((uv_handle_t *)&m->clients[i], NULL);
-    uv_close((uv_handle_t *)&m->server, NULL);
 }
 
 TEST(server_mute__calls_answer_503_by_the_deadline_and_close_answers_the_rest)

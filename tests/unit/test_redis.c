@@ -38,6 +38,7 @@
 #include "backends/redis/redis_conn.h"
 #include "backends/redis/redis_int.h"
 #include "kvstore/kvstore.h"
+#include "tests/unit/t_net.h"
 
 #define T_PASSWORD "S3cretPw" /* must never appear in a message */
 #define T_CURSOR_TEXT_MAX 63  /* most cursor bytes the HTTP layer reads */
@@ -541,26 +542,6 @@ static void t_kv_done(int status, const kv_reply *reply, const kv_err *err,
     }
 }
 
-/* A loopback port with nothing listening on it (bound, then released). */
-static int t_closed_port(uv_loop_t *loop)
-{
-    struct sockaddr_in addr;
-    struct sockaddr_storage got;
-    int len = sizeof got;
-    uv_tcp_t tcp;
-    int port;
-
-    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
-    assert_int_equal(uv_tcp_init(loop, &tcp), 0);
-    assert_int_equal(uv_tcp_bind(&tcp, (struct sockaddr *)&addr, 0), 0);
-    assert_int_equal(uv_tcp_getsockname(&tcp, (struct sockaddr *)&got, &len),
-                     0);
-    port = ntohs(((struct sockaddr_in *)&got)->sin_port);
-    uv_close((uv_handle_t *)&tcp, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return port;
-}
-
 static void t_guard_fired(uv_timer_t *t)
 {
     *(bool *)t->data = true;
@@ -611,7 +592,7 @@ TEST(conn__first_attempt_refused__waiting_call_fails_eunavail)
                             .nscripts = 1};
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_refusing_port());
     assert_int_equal(redis_conn_open(&loop, &conf, &c, &err), 0);
     assert_false(redis_conn_ready(c));
     /* During the first attempt the call is accepted and waits. */
@@ -639,7 +620,7 @@ TEST(conn__after_a_failed_attempt__calls_fail_at_once)
         .url = url, .label = "store t", .op_timeout_ms = T_TIMEOUT_MS};
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_refusing_port());
     assert_int_equal(redis_conn_open(&loop, &conf, &c, &err), 0);
     assert_int_equal(redis_conn_command(c, 1, argv, lens, t_reply_cb, &d, &err),
                      0);
@@ -672,7 +653,7 @@ TEST(conn__close_during_first_attempt__completes_the_waiting_call)
     redis_conn_conf conf = {.url = url, .label = "store t"};
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_refusing_port());
     assert_int_equal(redis_conn_open(&loop, &conf, &c, &err), 0);
     assert_int_equal(redis_conn_command(c, 2, argv, lens, t_reply_cb, &d, &err),
                      0);
@@ -695,7 +676,7 @@ TEST(conn__host_name__is_resolved_then_refused)
     redis_conn_conf conf = {.url = url, .label = "store t"};
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://localhost:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://localhost:%d/0", t_refusing_port());
     assert_int_equal(redis_conn_open(&loop, &conf, &c, &err), 0);
     assert_int_equal(redis_conn_command(c, 1, argv, lens, t_reply_cb, &d, &err),
                      0);
@@ -808,7 +789,7 @@ TEST(backend__server_down__answers_eunavail_and_reports_unhealthy)
     kv_backend *b;
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_refusing_port());
     b = t_backend_new(&loop, &conf);
     assert_int_equal(b->ops->open(b, &conf, &err), 0);
     assert_false(b->ops->healthy(b));
@@ -847,7 +828,7 @@ TEST(backend__close_with_calls_waiting__completes_them_first)
     int i;
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_refusing_port());
     b = t_backend_new(&loop, &conf);
     assert_int_equal(b->ops->open(b, &conf, &err), 0);
     assert_int_equal(b->ops->put(b, &put, t_kv_done, &d[0], &err), 0);
@@ -873,7 +854,7 @@ TEST(backend__mget_of_no_keys__answers_at_once)
     kv_backend *b;
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", t_refusing_port());
     b = t_backend_new(&loop, &conf);
     assert_int_equal(b->ops->open(b, &conf, &err), 0);
     assert_int_equal(b->ops->mget(b, &mget, t_kv_done, &d, &err), 0);
@@ -1134,7 +1115,7 @@ TEST(stats__first_connect_after_refused_attempts__is_not_a_reconnect)
     int port;
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    port = t_closed_port(&loop);
+    port = t_refusing_port();
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
     b = t_backend_new(&loop, &conf);
     assert_int_equal(b->ops->open(b, &conf, &err), 0);
@@ -1382,7 +1363,7 @@ TEST(provider__server_down__publish_is_eunavail_and_unhealthy)
     kv_err err = {0};
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d", t_closed_port(&loop));
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", t_refusing_port());
     p = t_provider_open(&loop, url, "kvbus");
     assert_false(p->ops->healthy(p));
     assert_int_equal(p->ops->publish(p, &m, &err), KV_EUNAVAIL);
